@@ -1,0 +1,93 @@
+//! Commands: the only way the state changes. Each one is a Raft log entry.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::TimeMs;
+
+/// A change to the fleet. Field values are raw user input; [`crate::State::apply`] validates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    AddSite {
+        name: String,
+    },
+    /// Appends an environment at the end of the pipeline.
+    AddEnvironment {
+        name: String,
+    },
+    RegisterCluster {
+        name: String,
+        site: String,
+        environment: String,
+        labels: BTreeMap<String, String>,
+    },
+    RemoveCluster {
+        name: String,
+    },
+    CreateWorkload {
+        name: String,
+        repo_url: String,
+        path_template: String,
+    },
+    /// Publishes a revision into the workload's first environment.
+    PublishRelease {
+        workload: String,
+        revision: String,
+    },
+}
+
+impl Command {
+    /// A short name for logs and the audit log, e.g. `register_cluster`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::AddSite { .. } => "add_site",
+            Command::AddEnvironment { .. } => "add_environment",
+            Command::RegisterCluster { .. } => "register_cluster",
+            Command::RemoveCluster { .. } => "remove_cluster",
+            Command::CreateWorkload { .. } => "create_workload",
+            Command::PublishRelease { .. } => "publish_release",
+        }
+    }
+}
+
+/// Who asks, when, and why. Chosen once by the node that proposes the command and stored in the
+/// log with it, so that every replica applies the same values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Context {
+    pub now_ms: TimeMs,
+    pub actor: String,
+    pub reason: String,
+}
+
+/// What an applied command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Outcome {
+    SiteAdded {
+        name: String,
+    },
+    EnvironmentAdded {
+        name: String,
+        position: u32,
+    },
+    ClusterRegistered {
+        name: String,
+        /// Assignments the cluster received from its environment's desired revisions.
+        assignments: u32,
+    },
+    ClusterRemoved {
+        name: String,
+    },
+    WorkloadCreated {
+        name: String,
+    },
+    ReleasePublished {
+        workload: String,
+        revision: String,
+        environment: String,
+        /// Clusters whose assignment changed, in name order.
+        clusters: Vec<String>,
+    },
+}

@@ -1,0 +1,21 @@
+//! The fleet domain: sites, environments, clusters, workloads, releases, assignments and the
+//! audit log, and the one pure function that changes them: [`State::apply`].
+//!
+//! Architecture invariant: nothing here does IO, reads a clock, or draws randomness. Time and
+//! the acting identity arrive in a [`Context`]; the same commands in the same order always give
+//! the same [`State`], which is what lets every coordinator replay the replicated log to the
+//! same result.
+
+pub mod audit;
+pub mod command;
+pub mod error;
+pub mod limits;
+pub mod model;
+pub mod state;
+pub mod validate;
+
+pub use audit::{AuditEvent, AuditVerifyError};
+pub use command::{Command, Context, Outcome};
+pub use error::CoreError;
+pub use model::{Assignment, Cluster, Environment, Release, Revision, Site, StatusRow, Workload};
+pub use state::State;

@@ -1,0 +1,28 @@
+//! Every limit the domain enforces, named once. The gRPC layer documents the same numbers.
+
+/// Longest name of a site, environment, cluster or workload: a DNS-1123 label.
+pub const MAX_NAME_LEN: usize = 63;
+/// Most labels one cluster may carry.
+pub const MAX_LABELS_PER_CLUSTER: usize = 32;
+/// Longest label key (without a prefix) and longest label value, as in Kubernetes.
+pub const MAX_LABEL_KEY_LEN: usize = 63;
+/// Longest label value.
+pub const MAX_LABEL_VALUE_LEN: usize = 63;
+/// Longest repository URL of a workload.
+pub const MAX_REPO_URL_LEN: usize = 2048;
+/// Longest path template of a workload.
+pub const MAX_PATH_TEMPLATE_LEN: usize = 256;
+/// Longest actor name recorded in the audit log.
+pub const MAX_ACTOR_LEN: usize = 128;
+/// Longest reason text recorded in the audit log.
+pub const MAX_REASON_LEN: usize = 1024;
+/// Most sites in one fleet.
+pub const MAX_SITES: usize = 1024;
+/// Most environments in the pipeline.
+pub const MAX_ENVIRONMENTS: usize = 16;
+/// Most clusters in one fleet.
+pub const MAX_CLUSTERS: usize = 100_000;
+/// Most workloads in one fleet.
+pub const MAX_WORKLOADS: usize = 10_000;
+/// Releases kept per workload in the state (older ones stay in the audit log).
+pub const MAX_RELEASES_KEPT_PER_WORKLOAD: usize = 100;

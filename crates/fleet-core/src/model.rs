@@ -1,0 +1,96 @@
+//! The nouns of the glossary in DESIGN.md.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch, as given in the [`crate::Context`] of a command.
+pub type TimeMs = u64;
+
+/// A full 40-hex Git commit SHA in lowercase. Only [`crate::validate::revision`] makes one
+/// from user input.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Revision(pub String);
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A physical location. Coordinators and clusters belong to one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Site {
+    pub name: String,
+    pub created_at_ms: TimeMs,
+}
+
+/// A stage in the pipeline; `position` orders the pipeline (0 is first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Environment {
+    pub name: String,
+    pub position: u32,
+}
+
+/// One Kubernetes cluster (or one host for the `files` target) with one agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub name: String,
+    pub site: String,
+    pub environment: String,
+    pub labels: BTreeMap<String, String>,
+    pub registered_at_ms: TimeMs,
+}
+
+/// What is deployed: a repository plus a path template, e.g. `overlays/{environment}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    pub name: String,
+    pub repo_url: String,
+    pub path_template: String,
+    pub created_at_ms: TimeMs,
+    /// The revision each environment must run, by environment name.
+    pub desired: BTreeMap<String, Revision>,
+}
+
+impl Workload {
+    /// The path inside the repository for one environment.
+    pub fn path_for(&self, environment: &str) -> String {
+        self.path_template.replace("{environment}", environment)
+    }
+}
+
+/// A workload + revision published into the first environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub workload: String,
+    pub revision: Revision,
+    pub environment: String,
+    pub published_at_ms: TimeMs,
+    pub published_by: String,
+}
+
+/// What one cluster must run now for one workload. `version` comes from one fleet-wide counter
+/// that only grows, so an agent can tell newer from older and resume after a reconnect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub cluster: String,
+    pub workload: String,
+    pub repo_url: String,
+    pub path: String,
+    pub revision: Revision,
+    pub version: u64,
+    pub assigned_at_ms: TimeMs,
+}
+
+/// One row of `fleet-ctl status`: a cluster and, when it has one, an assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRow {
+    pub cluster: String,
+    pub site: String,
+    pub environment: String,
+    pub workload: Option<String>,
+    pub desired_revision: Option<Revision>,
+    pub assignment_version: Option<u64>,
+}

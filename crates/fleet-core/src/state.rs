@@ -1,0 +1,453 @@
+//! The replicated state and the pure function that changes it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditEvent, GENESIS_HASH, verify_chain};
+use crate::command::{Command, Context, Outcome};
+use crate::error::CoreError;
+use crate::limits::*;
+use crate::model::{Assignment, Cluster, Environment, Release, Revision, Site, StatusRow, Workload};
+use crate::validate;
+
+/// Everything the coordinator replicates. Serializable as a whole: that is the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    sites: BTreeMap<String, Site>,
+    /// In pipeline order.
+    environments: Vec<Environment>,
+    clusters: BTreeMap<String, Cluster>,
+    workloads: BTreeMap<String, Workload>,
+    /// Newest last, at most [`MAX_RELEASES_KEPT_PER_WORKLOAD`] per workload.
+    releases: BTreeMap<String, Vec<Release>>,
+    /// By cluster, then workload.
+    assignments: BTreeMap<String, BTreeMap<String, Assignment>>,
+    /// The version given to the last assignment change; only grows.
+    last_assignment_version: u64,
+    audit: Vec<AuditEvent>,
+}
+
+impl Default for State {
+    /// An empty fleet with the default pipeline `staging` → `production`.
+    fn default() -> Self {
+        State {
+            sites: BTreeMap::new(),
+            environments: vec![
+                Environment {
+                    name: "staging".into(),
+                    position: 0,
+                },
+                Environment {
+                    name: "production".into(),
+                    position: 1,
+                },
+            ],
+            clusters: BTreeMap::new(),
+            workloads: BTreeMap::new(),
+            releases: BTreeMap::new(),
+            assignments: BTreeMap::new(),
+            last_assignment_version: 0,
+            audit: Vec::new(),
+        }
+    }
+}
+
+impl State {
+    /// Checks a command against the current state without changing anything. `apply` runs the
+    /// same checks; this lets a node refuse bad input before it reaches the log.
+    pub fn check(&self, command: &Command, ctx: &Context) -> Result<(), CoreError> {
+        if ctx.actor.is_empty() {
+            return Err(CoreError::invalid(
+                "actor",
+                "must not be empty",
+                "say who acts, e.g. with --as NAME",
+            ));
+        }
+        validate::text("actor", &ctx.actor, MAX_ACTOR_LEN)?;
+        validate::text("reason", &ctx.reason, MAX_REASON_LEN)?;
+        match command {
+            Command::AddSite { name } => {
+                validate::dns_label("site", name)?;
+                if self.sites.contains_key(name) {
+                    return Err(CoreError::already_exists(
+                        "site",
+                        name,
+                        "sites are added once; list them with `fleet-ctl site list`",
+                    ));
+                }
+                limit("sites", self.sites.len(), MAX_SITES)
+            }
+            Command::AddEnvironment { name } => {
+                validate::dns_label("environment", name)?;
+                if self.environment(name).is_some() {
+                    return Err(CoreError::already_exists(
+                        "environment",
+                        name,
+                        "list the pipeline with `fleet-ctl environment list`",
+                    ));
+                }
+                limit("environments", self.environments.len(), MAX_ENVIRONMENTS)
+            }
+            Command::RegisterCluster {
+                name,
+                site,
+                environment,
+                labels,
+            } => {
+                validate::dns_label("name", name)?;
+                validate::dns_label("site", site)?;
+                validate::dns_label("environment", environment)?;
+                validate::labels(labels)?;
+                if self.clusters.contains_key(name) {
+                    return Err(CoreError::already_exists(
+                        "cluster",
+                        name,
+                        "choose another name, or remove the cluster first",
+                    ));
+                }
+                self.require_site(site)?;
+                self.require_environment(environment)?;
+                limit("clusters", self.clusters.len(), MAX_CLUSTERS)
+            }
+            Command::RemoveCluster { name } => {
+                validate::dns_label("name", name)?;
+                self.require_cluster(name).map(|_| ())
+            }
+            Command::CreateWorkload {
+                name,
+                repo_url,
+                path_template,
+            } => {
+                validate::dns_label("name", name)?;
+                validate::repo_url(repo_url)?;
+                validate::path_template(path_template)?;
+                if self.workloads.contains_key(name) {
+                    return Err(CoreError::already_exists(
+                        "workload",
+                        name,
+                        "choose another name; list them with `fleet-ctl workload list`",
+                    ));
+                }
+                limit("workloads", self.workloads.len(), MAX_WORKLOADS)
+            }
+            Command::PublishRelease { workload, revision } => {
+                validate::dns_label("workload", workload)?;
+                validate::revision(revision)?;
+                self.require_workload(workload).map(|_| ())
+            }
+        }
+    }
+
+    /// Applies one command. On error nothing has changed. On success the change is in the state
+    /// and an audit event for it is at the end of the audit log.
+    pub fn apply(&mut self, command: &Command, ctx: &Context) -> Result<Outcome, CoreError> {
+        self.check(command, ctx)?;
+        let (outcome, summary) = match command {
+            Command::AddSite { name } => {
+                self.sites.insert(
+                    name.clone(),
+                    Site {
+                        name: name.clone(),
+                        created_at_ms: ctx.now_ms,
+                    },
+                );
+                (
+                    Outcome::SiteAdded { name: name.clone() },
+                    format!("site {name} added"),
+                )
+            }
+            Command::AddEnvironment { name } => {
+                let position = self.environments.len() as u32;
+                self.environments.push(Environment {
+                    name: name.clone(),
+                    position,
+                });
+                (
+                    Outcome::EnvironmentAdded {
+                        name: name.clone(),
+                        position,
+                    },
+                    format!("environment {name} added at position {position}"),
+                )
+            }
+            Command::RegisterCluster {
+                name,
+                site,
+                environment,
+                labels,
+            } => {
+                self.clusters.insert(
+                    name.clone(),
+                    Cluster {
+                        name: name.clone(),
+                        site: site.clone(),
+                        environment: environment.clone(),
+                        labels: labels.clone(),
+                        registered_at_ms: ctx.now_ms,
+                    },
+                );
+                let desired: Vec<(String, Revision)> = self
+                    .workloads
+                    .values()
+                    .filter_map(|w| w.desired.get(environment).map(|r| (w.name.clone(), r.clone())))
+                    .collect();
+                for (workload, revision) in &desired {
+                    self.assign(name, workload, revision, ctx);
+                }
+                (
+                    Outcome::ClusterRegistered {
+                        name: name.clone(),
+                        assignments: desired.len() as u32,
+                    },
+                    format!(
+                        "cluster {name} registered in site {site}, environment {environment}, with {} assignments",
+                        desired.len()
+                    ),
+                )
+            }
+            Command::RemoveCluster { name } => {
+                self.clusters.remove(name);
+                self.assignments.remove(name);
+                (
+                    Outcome::ClusterRemoved { name: name.clone() },
+                    format!("cluster {name} removed"),
+                )
+            }
+            Command::CreateWorkload {
+                name,
+                repo_url,
+                path_template,
+            } => {
+                self.workloads.insert(
+                    name.clone(),
+                    Workload {
+                        name: name.clone(),
+                        repo_url: repo_url.clone(),
+                        path_template: path_template.clone(),
+                        created_at_ms: ctx.now_ms,
+                        desired: BTreeMap::new(),
+                    },
+                );
+                (
+                    Outcome::WorkloadCreated { name: name.clone() },
+                    format!("workload {name} created from {repo_url} at {path_template}"),
+                )
+            }
+            Command::PublishRelease { workload, revision } => {
+                let revision = validate::revision(revision).expect("checked above");
+                let environment = self.environments[0].name.clone();
+                self.workloads
+                    .get_mut(workload)
+                    .expect("checked above")
+                    .desired
+                    .insert(environment.clone(), revision.clone());
+                let releases = self.releases.entry(workload.clone()).or_default();
+                releases.push(Release {
+                    workload: workload.clone(),
+                    revision: revision.clone(),
+                    environment: environment.clone(),
+                    published_at_ms: ctx.now_ms,
+                    published_by: ctx.actor.clone(),
+                });
+                if releases.len() > MAX_RELEASES_KEPT_PER_WORKLOAD {
+                    let excess = releases.len() - MAX_RELEASES_KEPT_PER_WORKLOAD;
+                    releases.drain(..excess);
+                }
+                let targets: Vec<String> = self
+                    .clusters
+                    .values()
+                    .filter(|c| c.environment == environment)
+                    .map(|c| c.name.clone())
+                    .collect();
+                let mut changed = Vec::new();
+                for cluster in targets {
+                    if self.assign(&cluster, workload, &revision, ctx) {
+                        changed.push(cluster);
+                    }
+                }
+                let summary = format!(
+                    "release {workload}@{revision} published to {environment}: {} clusters assigned",
+                    changed.len()
+                );
+                (
+                    Outcome::ReleasePublished {
+                        workload: workload.clone(),
+                        revision: revision.0.clone(),
+                        environment,
+                        clusters: changed,
+                    },
+                    summary,
+                )
+            }
+        };
+        let prev_hash = self
+            .audit
+            .last()
+            .map_or(GENESIS_HASH, |e| e.hash.as_str())
+            .to_string();
+        let sequence = self.audit.len() as u64 + 1;
+        self.audit
+            .push(AuditEvent::new(sequence, ctx, command, summary, &prev_hash));
+        Ok(outcome)
+    }
+
+    /// Sets a cluster's assignment for a workload to `revision`. Returns false when it already
+    /// had that revision (nothing changes, no version is used).
+    fn assign(&mut self, cluster: &str, workload: &str, revision: &Revision, ctx: &Context) -> bool {
+        let w = &self.workloads[workload];
+        let c = &self.clusters[cluster];
+        let path = w.path_for(&c.environment);
+        let repo_url = w.repo_url.clone();
+        let per_cluster = self.assignments.entry(cluster.to_string()).or_default();
+        if per_cluster
+            .get(workload)
+            .is_some_and(|a| &a.revision == revision && a.path == path)
+        {
+            return false;
+        }
+        self.last_assignment_version += 1;
+        per_cluster.insert(
+            workload.to_string(),
+            Assignment {
+                cluster: cluster.to_string(),
+                workload: workload.to_string(),
+                repo_url,
+                path,
+                revision: revision.clone(),
+                version: self.last_assignment_version,
+                assigned_at_ms: ctx.now_ms,
+            },
+        );
+        true
+    }
+
+    fn require_site(&self, name: &str) -> Result<&Site, CoreError> {
+        self.sites.get(name).ok_or_else(|| {
+            CoreError::not_found("site", name, "add it first with `fleet-ctl site add NAME`")
+        })
+    }
+
+    fn require_environment(&self, name: &str) -> Result<&Environment, CoreError> {
+        self.environment(name).ok_or_else(|| {
+            let known: Vec<&str> = self.environments.iter().map(|e| e.name.as_str()).collect();
+            CoreError::not_found(
+                "environment",
+                name,
+                format!("use one of: {}", known.join(", ")),
+            )
+        })
+    }
+
+    fn require_cluster(&self, name: &str) -> Result<&Cluster, CoreError> {
+        self.clusters.get(name).ok_or_else(|| {
+            CoreError::not_found("cluster", name, "list clusters with `fleet-ctl cluster list`")
+        })
+    }
+
+    fn require_workload(&self, name: &str) -> Result<&Workload, CoreError> {
+        self.workloads.get(name).ok_or_else(|| {
+            CoreError::not_found(
+                "workload",
+                name,
+                "create it first with `fleet-ctl workload create NAME --repo URL --path TEMPLATE`",
+            )
+        })
+    }
+
+    // Queries.
+
+    pub fn sites(&self) -> impl Iterator<Item = &Site> {
+        self.sites.values()
+    }
+
+    pub fn environments(&self) -> &[Environment] {
+        &self.environments
+    }
+
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+
+    pub fn clusters(&self) -> impl Iterator<Item = &Cluster> {
+        self.clusters.values()
+    }
+
+    pub fn cluster(&self, name: &str) -> Result<&Cluster, CoreError> {
+        self.require_cluster(name)
+    }
+
+    pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
+        self.workloads.values()
+    }
+
+    pub fn workload(&self, name: &str) -> Result<&Workload, CoreError> {
+        self.require_workload(name)
+    }
+
+    /// Releases of a workload, newest last.
+    pub fn releases(&self, workload: &str) -> Result<&[Release], CoreError> {
+        self.require_workload(workload)?;
+        Ok(self.releases.get(workload).map_or(&[], |r| r.as_slice()))
+    }
+
+    /// A cluster's assignments, by workload name.
+    pub fn assignments(&self, cluster: &str) -> Result<Vec<&Assignment>, CoreError> {
+        self.require_cluster(cluster)?;
+        Ok(self
+            .assignments
+            .get(cluster)
+            .map(|a| a.values().collect())
+            .unwrap_or_default())
+    }
+
+    pub fn last_assignment_version(&self) -> u64 {
+        self.last_assignment_version
+    }
+
+    /// One row per (cluster, workload) assignment, and one row for a cluster with none.
+    pub fn status_rows(&self) -> Vec<StatusRow> {
+        let mut rows = Vec::new();
+        for c in self.clusters.values() {
+            let assigned = self.assignments.get(&c.name).filter(|a| !a.is_empty());
+            match assigned {
+                None => rows.push(StatusRow {
+                    cluster: c.name.clone(),
+                    site: c.site.clone(),
+                    environment: c.environment.clone(),
+                    workload: None,
+                    desired_revision: None,
+                    assignment_version: None,
+                }),
+                Some(assignments) => rows.extend(assignments.values().map(|a| StatusRow {
+                    cluster: c.name.clone(),
+                    site: c.site.clone(),
+                    environment: c.environment.clone(),
+                    workload: Some(a.workload.clone()),
+                    desired_revision: Some(a.revision.clone()),
+                    assignment_version: Some(a.version),
+                })),
+            }
+        }
+        rows
+    }
+
+    pub fn audit_events(&self) -> &[AuditEvent] {
+        &self.audit
+    }
+
+    /// Recomputes the audit chain.
+    pub fn verify_audit(&self) -> Result<(), crate::AuditVerifyError> {
+        verify_chain(&self.audit)
+    }
+}
+
+fn limit(what: &str, have: usize, max: usize) -> Result<(), CoreError> {
+    if have >= max {
+        return Err(CoreError::FailedPrecondition {
+            message: format!("the fleet already has {have} {what}, the limit is {max}"),
+            hint: format!("remove {what} that are no longer used"),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! Field validation. Each function names the field it checks in its error.
+
+use std::collections::BTreeMap;
+
+use crate::error::CoreError;
+use crate::limits::*;
+use crate::model::Revision;
+
+/// A DNS-1123 label: 1..=63 of `[a-z0-9-]`, starting and ending with a letter or digit.
+pub fn dns_label(field: &str, value: &str) -> Result<(), CoreError> {
+    let hint = "use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. oslo-prod-1)";
+    if value.is_empty() {
+        return Err(CoreError::invalid(field, "must not be empty", hint));
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(CoreError::invalid(
+            field,
+            format!("{} characters is over the limit of {MAX_NAME_LEN}", value.len()),
+            hint,
+        ));
+    }
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    if let Some(bad) = value.chars().find(|c| !ok_char(*c)) {
+        return Err(CoreError::invalid(
+            field,
+            format!("{value:?} contains {bad:?}, which is not allowed"),
+            hint,
+        ));
+    }
+    if value.starts_with('-') || value.ends_with('-') {
+        return Err(CoreError::invalid(
+            field,
+            format!("{value:?} must not start or end with '-'"),
+            hint,
+        ));
+    }
+    Ok(())
+}
+
+/// Cluster labels: at most [`MAX_LABELS_PER_CLUSTER`], keys and values as in Kubernetes
+/// (without key prefixes).
+pub fn labels(labels: &BTreeMap<String, String>) -> Result<(), CoreError> {
+    if labels.len() > MAX_LABELS_PER_CLUSTER {
+        return Err(CoreError::invalid(
+            "labels",
+            format!(
+                "{} labels is over the limit of {MAX_LABELS_PER_CLUSTER}",
+                labels.len()
+            ),
+            "keep the labels that select waves and drop the rest",
+        ));
+    }
+    let label_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let hint = "label keys and values use up to 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit";
+    for (key, value) in labels {
+        let key_ok = !key.is_empty()
+            && key.len() <= MAX_LABEL_KEY_LEN
+            && key.chars().all(label_char)
+            && key.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && key.chars().last().is_some_and(|c| c.is_ascii_alphanumeric());
+        if !key_ok {
+            return Err(CoreError::invalid(
+                "labels",
+                format!("label key {key:?} is not valid"),
+                hint,
+            ));
+        }
+        let value_ok = value.len() <= MAX_LABEL_VALUE_LEN
+            && value.chars().all(label_char)
+            && (value.is_empty()
+                || (value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+                    && value.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())));
+        if !value_ok {
+            return Err(CoreError::invalid(
+                "labels",
+                format!("value {value:?} of label {key:?} is not valid"),
+                hint,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A Git repository URL: `https://`, `http://`, `ssh://`, `file://` or scp-like `user@host:path`.
+pub fn repo_url(value: &str) -> Result<(), CoreError> {
+    let hint = "give a URL such as https://git.example.no/team/app.git, ssh://git@host/repo.git or file:///srv/git/app.git";
+    if value.is_empty() {
+        return Err(CoreError::invalid("repo_url", "must not be empty", hint));
+    }
+    if value.len() > MAX_REPO_URL_LEN {
+        return Err(CoreError::invalid(
+            "repo_url",
+            format!(
+                "{} characters is over the limit of {MAX_REPO_URL_LEN}",
+                value.len()
+            ),
+            hint,
+        ));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(CoreError::invalid(
+            "repo_url",
+            "must not contain whitespace or control characters",
+            hint,
+        ));
+    }
+    let schemes = ["https://", "http://", "ssh://", "file://"];
+    let has_scheme = schemes
+        .iter()
+        .any(|s| value.starts_with(s) && value.len() > s.len());
+    let scp_like = !value.contains("://")
+        && value
+            .split_once('@')
+            .is_some_and(|(user, rest)| !user.is_empty() && rest.contains(':'));
+    if !has_scheme && !scp_like {
+        return Err(CoreError::invalid(
+            "repo_url",
+            format!("{value:?} is not a Git URL this fleet can fetch"),
+            hint,
+        ));
+    }
+    Ok(())
+}
+
+/// A path template inside the repository: relative, no `..`, placeholders only `{environment}`.
+pub fn path_template(value: &str) -> Result<(), CoreError> {
+    let hint = "give a relative path inside the repository, e.g. overlays/{environment}; the only placeholder is {environment}";
+    if value.is_empty() {
+        return Err(CoreError::invalid("path", "must not be empty", hint));
+    }
+    if value.len() > MAX_PATH_TEMPLATE_LEN {
+        return Err(CoreError::invalid(
+            "path",
+            format!(
+                "{} characters is over the limit of {MAX_PATH_TEMPLATE_LEN}",
+                value.len()
+            ),
+            hint,
+        ));
+    }
+    if value.starts_with('/') || value.contains('\\') {
+        return Err(CoreError::invalid(
+            "path",
+            format!("{value:?} must be a relative path with '/' separators"),
+            hint,
+        ));
+    }
+    if value.split('/').any(|part| part == "..") {
+        return Err(CoreError::invalid(
+            "path",
+            format!("{value:?} must not contain '..'"),
+            hint,
+        ));
+    }
+    if value.chars().any(|c| c.is_control()) {
+        return Err(CoreError::invalid(
+            "path",
+            "must not contain control characters",
+            hint,
+        ));
+    }
+    let without = value.replace("{environment}", "");
+    if without.contains('{') || without.contains('}') {
+        return Err(CoreError::invalid(
+            "path",
+            format!("{value:?} has a placeholder other than {{environment}}"),
+            hint,
+        ));
+    }
+    Ok(())
+}
+
+/// A full 40-hex Git commit SHA. Returns it in lowercase.
+pub fn revision(value: &str) -> Result<Revision, CoreError> {
+    let hint = "give the full 40-character commit SHA (git rev-parse HEAD), not a branch, tag or short SHA";
+    if value.len() != 40 {
+        return Err(CoreError::invalid(
+            "revision",
+            format!(
+                "{value:?} is {} characters long, a revision is 40 hex digits",
+                value.len()
+            ),
+            hint,
+        ));
+    }
+    if let Some(bad) = value.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(CoreError::invalid(
+            "revision",
+            format!("{value:?} contains {bad:?}, which is not a hex digit"),
+            hint,
+        ));
+    }
+    Ok(Revision(value.to_ascii_lowercase()))
+}
+
+/// Free text with a length limit (actor, reason).
+pub fn text(field: &str, value: &str, max: usize) -> Result<(), CoreError> {
+    if value.len() > max {
+        return Err(CoreError::invalid(
+            field,
+            format!("{} bytes is over the limit of {max}", value.len()),
+            format!("shorten the {field}"),
+        ));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(CoreError::invalid(
+            field,
+            "must not contain control characters",
+            format!("remove control characters from the {field}"),
+        ));
+    }
+    Ok(())
+}
