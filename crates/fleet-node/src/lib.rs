@@ -1,1 +1,10 @@
-pub fn x(){}
+//! The fleet runtime: the Raft-replicated coordinator.
+
+pub mod proto {
+    //! Generated from proto/fleet/v1. Wire types stop at [`crate::convert`].
+    #![allow(clippy::all)]
+    tonic::include_proto!("fleet.v1");
+}
+pub mod store;
+pub mod tasks;
+pub mod types;
