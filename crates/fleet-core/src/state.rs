@@ -8,7 +8,9 @@ use crate::audit::{AuditEvent, GENESIS_HASH, verify_chain};
 use crate::command::{Command, Context, Outcome};
 use crate::error::CoreError;
 use crate::limits::*;
-use crate::model::{Assignment, Cluster, Environment, Release, Revision, Site, StatusRow, Workload};
+use crate::model::{
+    Assignment, Cluster, Environment, Release, Revision, Site, StatusRow, Workload,
+};
 use crate::validate;
 
 /// Everything the coordinator replicates. Serializable as a whole: that is the snapshot.
@@ -190,7 +192,11 @@ impl State {
                 let desired: Vec<(String, Revision)> = self
                     .workloads
                     .values()
-                    .filter_map(|w| w.desired.get(environment).map(|r| (w.name.clone(), r.clone())))
+                    .filter_map(|w| {
+                        w.desired
+                            .get(environment)
+                            .map(|r| (w.name.clone(), r.clone()))
+                    })
                     .collect();
                 for (workload, revision) in &desired {
                     self.assign(name, workload, revision, ctx);
@@ -294,7 +300,13 @@ impl State {
 
     /// Sets a cluster's assignment for a workload to `revision`. Returns false when it already
     /// had that revision (nothing changes, no version is used).
-    fn assign(&mut self, cluster: &str, workload: &str, revision: &Revision, ctx: &Context) -> bool {
+    fn assign(
+        &mut self,
+        cluster: &str,
+        workload: &str,
+        revision: &Revision,
+        ctx: &Context,
+    ) -> bool {
         let w = &self.workloads[workload];
         let c = &self.clusters[cluster];
         let path = w.path_for(&c.environment);
@@ -341,7 +353,11 @@ impl State {
 
     fn require_cluster(&self, name: &str) -> Result<&Cluster, CoreError> {
         self.clusters.get(name).ok_or_else(|| {
-            CoreError::not_found("cluster", name, "list clusters with `fleet-ctl cluster list`")
+            CoreError::not_found(
+                "cluster",
+                name,
+                "list clusters with `fleet-ctl cluster list`",
+            )
         })
     }
 

@@ -15,7 +15,10 @@ pub fn dns_label(field: &str, value: &str) -> Result<(), CoreError> {
     if value.len() > MAX_NAME_LEN {
         return Err(CoreError::invalid(
             field,
-            format!("{} characters is over the limit of {MAX_NAME_LEN}", value.len()),
+            format!(
+                "{} characters is over the limit of {MAX_NAME_LEN}",
+                value.len()
+            ),
             hint,
         ));
     }
@@ -56,8 +59,14 @@ pub fn labels(labels: &BTreeMap<String, String>) -> Result<(), CoreError> {
         let key_ok = !key.is_empty()
             && key.len() <= MAX_LABEL_KEY_LEN
             && key.chars().all(label_char)
-            && key.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-            && key.chars().last().is_some_and(|c| c.is_ascii_alphanumeric());
+            && key
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+            && key
+                .chars()
+                .last()
+                .is_some_and(|c| c.is_ascii_alphanumeric());
         if !key_ok {
             return Err(CoreError::invalid(
                 "labels",
@@ -68,8 +77,14 @@ pub fn labels(labels: &BTreeMap<String, String>) -> Result<(), CoreError> {
         let value_ok = value.len() <= MAX_LABEL_VALUE_LEN
             && value.chars().all(label_char)
             && (value.is_empty()
-                || (value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-                    && value.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())));
+                || (value
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric())
+                    && value
+                        .chars()
+                        .last()
+                        .is_some_and(|c| c.is_ascii_alphanumeric())));
         if !value_ok {
             return Err(CoreError::invalid(
                 "labels",
@@ -202,7 +217,10 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<(), CoreError> {
             format!("shorten the {field}"),
         ));
     }
-    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return Err(CoreError::invalid(
             field,
             "must not contain control characters",

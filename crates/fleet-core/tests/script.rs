@@ -112,9 +112,10 @@ fn run(script: &str) {
         };
         let before = state.clone();
         match state.apply(&command, &ctx) {
-            Ok(outcome) => {
-                transcript.push_str(&format!("ok {}\n", serde_json::to_string(&outcome).unwrap()))
-            }
+            Ok(outcome) => transcript.push_str(&format!(
+                "ok {}\n",
+                serde_json::to_string(&outcome).unwrap()
+            )),
             Err(error) => {
                 assert_eq!(state, before, "a refused command must change nothing");
                 transcript.push_str(&format!("error: {error} (hint: {})\n", error.hint()));

@@ -5,6 +5,11 @@ pub mod proto {
     #![allow(clippy::all)]
     tonic::include_proto!("fleet.v1");
 }
+pub mod convert;
+pub mod coordinator;
+pub mod error;
+pub mod network;
+pub mod service;
 pub mod store;
 pub mod tasks;
 pub mod types;

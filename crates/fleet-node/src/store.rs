@@ -327,9 +327,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = Self;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let data = self.data.read().expect("state lock poisoned");
         Ok((data.last_applied, data.last_membership.clone()))
     }
@@ -362,9 +360,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -374,9 +370,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
-        let mut received: StateMachineData = serde_json::from_slice(&bytes).map_err(|e| {
-            openraft::StorageIOError::read_snapshot(Some(meta.signature()), &e)
-        })?;
+        let mut received: StateMachineData = serde_json::from_slice(&bytes)
+            .map_err(|e| openraft::StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         received.last_applied = meta.last_log_id;
         received.last_membership = meta.last_membership.clone();
         self.save_snapshot(meta, &bytes);

@@ -1,0 +1,166 @@
+//! The one door between wire types (prost) and domain types, and the one place where errors
+//! become `tonic::Status`.
+
+use fleet_core::{
+    Assignment, Cluster, CoreError, Environment, Release, Site, State, StatusRow, Workload,
+};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+use crate::coordinator::Consistency;
+use crate::error::NodeError;
+use crate::proto;
+
+/// Request metadata naming the caller (until mutual TLS lands).
+pub const ACTOR_METADATA: &str = "x-fleet-actor";
+/// Response metadata carrying what to do about an error.
+pub const HINT_METADATA: &str = "x-fleet-hint";
+
+/// The audit actor for a request: `unauthenticated:NAME` from [`ACTOR_METADATA`].
+pub fn actor<T>(request: &tonic::Request<T>) -> String {
+    let name = request
+        .metadata()
+        .get(ACTOR_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .unwrap_or("anonymous");
+    format!("unauthenticated:{name}")
+}
+
+pub fn consistency(value: i32) -> Consistency {
+    match proto::ReadConsistency::try_from(value) {
+        Ok(proto::ReadConsistency::Stale) => Consistency::Stale,
+        _ => Consistency::Linearizable,
+    }
+}
+
+fn status_with_hint(code: Code, message: String, hint: &str) -> Status {
+    let mut status = Status::new(code, message);
+    if let Ok(value) = MetadataValue::try_from(hint) {
+        status.metadata_mut().insert(HINT_METADATA, value);
+    }
+    status
+}
+
+impl From<NodeError> for Status {
+    fn from(error: NodeError) -> Status {
+        let message = error.to_string();
+        match error {
+            NodeError::Core(core) => {
+                let code = match core {
+                    CoreError::InvalidArgument { .. } => Code::InvalidArgument,
+                    CoreError::NotFound { .. } => Code::NotFound,
+                    CoreError::AlreadyExists { .. } => Code::AlreadyExists,
+                    CoreError::FailedPrecondition { .. } => Code::FailedPrecondition,
+                };
+                status_with_hint(code, message, core.hint())
+            }
+            NodeError::NoLeader { .. } => status_with_hint(
+                Code::Unavailable,
+                message,
+                "a majority of coordinators must be up; retry, or try another endpoint",
+            ),
+            NodeError::OutcomeUnknown { .. } => status_with_hint(
+                Code::DeadlineExceeded,
+                message,
+                "read the state back before retrying: the write may have been applied",
+            ),
+            NodeError::Raft(_) => status_with_hint(
+                Code::Unavailable,
+                message,
+                "retry; if it persists check the coordinators with `fleet-ctl coordinator status`",
+            ),
+            NodeError::InvalidArgument { hint, .. } => {
+                status_with_hint(Code::InvalidArgument, message, &hint)
+            }
+            NodeError::Startup(_) => {
+                status_with_hint(Code::Internal, message, "see the node's log")
+            }
+        }
+    }
+}
+
+pub fn site(s: &Site) -> proto::Site {
+    proto::Site {
+        name: s.name.clone(),
+        created_at_ms: s.created_at_ms,
+    }
+}
+
+pub fn environment(e: &Environment) -> proto::Environment {
+    proto::Environment {
+        name: e.name.clone(),
+        position: e.position,
+    }
+}
+
+pub fn cluster(c: &Cluster) -> proto::Cluster {
+    proto::Cluster {
+        name: c.name.clone(),
+        site: c.site.clone(),
+        environment: c.environment.clone(),
+        labels: c.labels.clone().into_iter().collect(),
+        registered_at_ms: c.registered_at_ms,
+    }
+}
+
+pub fn assignment(a: &Assignment) -> proto::Assignment {
+    proto::Assignment {
+        cluster: a.cluster.clone(),
+        workload: a.workload.clone(),
+        repo_url: a.repo_url.clone(),
+        path: a.path.clone(),
+        revision: a.revision.0.clone(),
+        version: a.version,
+        assigned_at_ms: a.assigned_at_ms,
+    }
+}
+
+/// A workload with its desired revisions in pipeline order.
+pub fn workload(w: &Workload, state: &State) -> proto::Workload {
+    proto::Workload {
+        name: w.name.clone(),
+        repo_url: w.repo_url.clone(),
+        path_template: w.path_template.clone(),
+        created_at_ms: w.created_at_ms,
+        desired: state
+            .environments()
+            .iter()
+            .filter_map(|e| {
+                w.desired.get(&e.name).map(|r| proto::DesiredRevision {
+                    environment: e.name.clone(),
+                    revision: r.0.clone(),
+                })
+            })
+            .collect(),
+    }
+}
+
+pub fn release(r: &Release) -> proto::Release {
+    proto::Release {
+        workload: r.workload.clone(),
+        revision: r.revision.0.clone(),
+        environment: r.environment.clone(),
+        published_at_ms: r.published_at_ms,
+        published_by: r.published_by.clone(),
+    }
+}
+
+pub fn status_row(r: &StatusRow) -> proto::StatusRow {
+    proto::StatusRow {
+        cluster: r.cluster.clone(),
+        site: r.site.clone(),
+        environment: r.environment.clone(),
+        workload: r.workload.clone().unwrap_or_default(),
+        desired_revision: r
+            .desired_revision
+            .as_ref()
+            .map(|r| r.0.clone())
+            .unwrap_or_default(),
+        assignment_version: r.assignment_version.unwrap_or_default(),
+    }
+}
+
+pub fn write_result(log_index: u64) -> Option<proto::WriteResult> {
+    Some(proto::WriteResult { log_index })
+}

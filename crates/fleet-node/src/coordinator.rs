@@ -1,0 +1,515 @@
+//! The coordinator node: openraft wired to the sled store and the tonic transport, the write
+//! path (forwarded to the leader), the read path (read-index, linearizable by default), and
+//! start-up and shutdown.
+//!
+//! Writes: any node accepts a write. The node that is not the leader forwards it, once per
+//! attempt, to the leader it knows over `RaftService.Propose`; the leader checks the command
+//! against its state, stamps the time, and proposes it. While there is no leader the write
+//! waits up to [`LEADER_WAIT`] and is retried only when it surely was not delivered.
+//!
+//! Reads: linearizable reads take a read index from the leader (`ensure_linearizable` on the
+//! leader itself, `RaftService.ReadIndex` from a follower) and wait until this node has applied
+//! up to it, then read the local state. Stale reads read the local state at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fleet_core::{Command, Context, CoreError, Outcome, State};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::error::NodeError;
+use crate::network::{MAX_RAFT_MESSAGE_BYTES, Peers, SNAPSHOT_CHUNK_BYTES};
+use crate::proto::fleet_service_client::FleetServiceClient;
+use crate::proto::{AddCoordinatorRequest, RaftPayload, ReadIndexRequest};
+use crate::service::{self, MAX_REQUEST_BYTES};
+use crate::store::{self, LogStore, SharedState, StateMachineStore};
+use crate::tasks::spawn_named;
+use crate::types::{NodeId, Proposal, Raft};
+
+/// How long a request waits for a leader before it fails with UNAVAILABLE.
+pub const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// How often a waiting request looks for a leader again.
+const LEADER_POLL: Duration = Duration::from_millis(50);
+/// How many times a joining node asks to be added before it gives up.
+pub const MAX_JOIN_ATTEMPTS: u32 = 240;
+/// Exit code of a node whose Raft core stopped with a fatal error.
+pub const EXIT_RAFT_FATAL: i32 = 75;
+
+/// How a node starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// The first node of a new coordinator cluster (no-op when the data dir is initialized).
+    Bootstrap,
+    /// Ask the member at this address to add this node as a voter.
+    Join(String),
+    /// Resume from the data dir.
+    Resume,
+}
+
+/// Everything `fleet-node coordinator` takes.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub id: NodeId,
+    pub listen: SocketAddr,
+    /// The address peers and clients use; defaults to `listen`.
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    pub start: Start,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_after_logs: u64,
+    /// Log entries kept behind a snapshot for slow followers.
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl CoordinatorConfig {
+    pub fn new(id: NodeId, listen: SocketAddr, data_dir: PathBuf, start: Start) -> Self {
+        CoordinatorConfig {
+            id,
+            listen,
+            advertise: listen.to_string(),
+            data_dir,
+            start,
+            heartbeat_interval_ms: 100,
+            election_timeout_ms_min: 500,
+            election_timeout_ms_max: 1000,
+            snapshot_after_logs: 10_000,
+            logs_kept_after_snapshot: 1_000,
+        }
+    }
+}
+
+/// A write forwarded from a follower to the leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardedWrite {
+    pub command: Command,
+    pub actor: String,
+    pub reason: String,
+}
+
+/// The leader's answer to a forwarded write: the log index and outcome, or the refusal.
+pub type ForwardedReply = Result<(u64, Outcome), CoreError>;
+
+/// Read consistency of one read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    Linearizable,
+    Stale,
+}
+
+/// A running coordinator node. Shared by the gRPC services.
+pub struct Coordinator {
+    pub id: NodeId,
+    pub raft: Raft,
+    state: SharedState,
+    peers: Peers,
+}
+
+impl Coordinator {
+    /// Writes a command through Raft, from any node. Returns the log index and the outcome.
+    pub async fn write(
+        &self,
+        command: Command,
+        actor: String,
+        reason: String,
+    ) -> Result<(u64, Outcome), NodeError> {
+        let started = Instant::now();
+        let forwarded = ForwardedWrite {
+            command,
+            actor,
+            reason,
+        };
+        loop {
+            match self.leader() {
+                Some((leader, _)) if leader == self.id => {
+                    match self.write_as_leader(&forwarded).await {
+                        Err(NotLeader) => {}
+                        Ok(reply) => return reply,
+                    }
+                }
+                Some((_, address)) => {
+                    let payload = RaftPayload {
+                        json: serde_json::to_vec(&forwarded).expect("commands serialize"),
+                    };
+                    let mut client = self.peers.raft_client(&address);
+                    match client.propose(payload).await {
+                        Ok(reply) => {
+                            let reply: ForwardedReply =
+                                serde_json::from_slice(&reply.into_inner().json).map_err(|e| {
+                                    NodeError::OutcomeUnknown {
+                                        detail: format!("unreadable reply from the leader: {e}"),
+                                    }
+                                })?;
+                            return reply.map_err(NodeError::from);
+                        }
+                        // Not delivered, or the receiver was not the leader: try again.
+                        Err(status) if status.code() == tonic::Code::Unavailable => {
+                            tracing::debug!(%address, %status, "forwarding failed, retrying");
+                        }
+                        Err(status) => {
+                            return Err(NodeError::OutcomeUnknown {
+                                detail: status.message().to_string(),
+                            });
+                        }
+                    }
+                }
+                None => {}
+            }
+            if started.elapsed() > LEADER_WAIT {
+                return Err(NodeError::NoLeader {
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+            tokio::time::sleep(LEADER_POLL).await;
+        }
+    }
+
+    /// Proposes a write on this node, which believes it leads. `Err(NotLeader)` when it does
+    /// not (nothing was appended).
+    pub async fn write_as_leader(
+        &self,
+        write: &ForwardedWrite,
+    ) -> Result<Result<(u64, Outcome), NodeError>, NotLeader> {
+        let proposal = Proposal {
+            command: write.command.clone(),
+            context: Context {
+                now_ms: now_ms(),
+                actor: write.actor.clone(),
+                reason: write.reason.clone(),
+            },
+        };
+        // Refuse bad input before it reaches the log; apply checks again, deterministically.
+        if let Err(e) = self.read_state(|s| s.check(&proposal.command, &proposal.context)) {
+            return Ok(Err(e.into()));
+        }
+        match self.raft.client_write(proposal).await {
+            Ok(response) => Ok(match response.data.0 {
+                Some(Ok(outcome)) => Ok((response.log_id.index, outcome)),
+                Some(Err(refusal)) => Err(refusal.into()),
+                None => Err(NodeError::Raft(
+                    "a normal entry applied without result".into(),
+                )),
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(NotLeader),
+            Err(e) => Ok(Err(NodeError::Raft(e.to_string()))),
+        }
+    }
+
+    /// Waits until a read at `consistency` may be served from this node's state.
+    pub async fn read_barrier(&self, consistency: Consistency) -> Result<(), NodeError> {
+        if consistency == Consistency::Stale {
+            return Ok(());
+        }
+        let started = Instant::now();
+        loop {
+            let read_index = match self.leader() {
+                Some((leader, _)) if leader == self.id => {
+                    match self.raft.ensure_linearizable().await {
+                        Ok(_) => return Ok(()),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "leader could not confirm a read");
+                            None
+                        }
+                    }
+                }
+                Some((_, address)) => {
+                    let mut client = self.peers.raft_client(&address);
+                    match client.read_index(ReadIndexRequest {}).await {
+                        Ok(reply) => Some(reply.into_inner().read_index),
+                        Err(status) => {
+                            tracing::debug!(%address, %status, "read index failed, retrying");
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            if let Some(index) = read_index {
+                let remaining = LEADER_WAIT.saturating_sub(started.elapsed());
+                return self
+                    .raft
+                    .wait(Some(remaining))
+                    .applied_index_at_least(Some(index), "linearizable read")
+                    .await
+                    .map(|_| ())
+                    .map_err(|_| NodeError::NoLeader {
+                        waited_ms: started.elapsed().as_millis() as u64,
+                    });
+            }
+            if started.elapsed() > LEADER_WAIT {
+                return Err(NodeError::NoLeader {
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+            tokio::time::sleep(LEADER_POLL).await;
+        }
+    }
+
+    /// Reads at `consistency`.
+    pub async fn read<T>(
+        &self,
+        consistency: Consistency,
+        query: impl FnOnce(&State) -> T,
+    ) -> Result<T, NodeError> {
+        self.read_barrier(consistency).await?;
+        Ok(self.read_state(query))
+    }
+
+    /// Runs `query` on this node's applied state, as it is now.
+    pub fn read_state<T>(&self, query: impl FnOnce(&State) -> T) -> T {
+        query(&self.state.read().expect("state lock poisoned").state)
+    }
+
+    /// The read index for a follower's linearizable read; leader only.
+    pub async fn read_index(&self) -> Result<u64, NodeError> {
+        let (read_log_id, _applied) = self
+            .raft
+            .get_read_log_id()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        Ok(read_log_id.map_or(0, |l| l.index))
+    }
+
+    /// The leader this node knows of, with its address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let node = metrics.membership_config.membership().get_node(&leader)?;
+        Some((leader, node.addr.clone()))
+    }
+
+    /// Adds a node as a learner, waits until it has caught up, then makes it a voter. A node
+    /// that is a voter already is left as it is.
+    pub async fn add_coordinator(&self, id: NodeId, address: String) -> Result<u64, NodeError> {
+        if address.parse::<SocketAddr>().is_err() {
+            return Err(NodeError::InvalidArgument {
+                field: "address",
+                message: format!("{address:?} is not HOST:PORT with an IP address"),
+                hint: "give the address the node listens on, e.g. 127.0.0.1:7401".into(),
+            });
+        }
+        match self.leader() {
+            Some((leader, _)) if leader == self.id => {}
+            Some((_, leader_address)) => {
+                let mut client = FleetServiceClient::new(self.peers.channel(&leader_address));
+                let reply = client
+                    .add_coordinator(AddCoordinatorRequest { id, address })
+                    .await
+                    .map_err(|s| NodeError::Raft(format!("leader refused: {}", s.message())))?;
+                return Ok(reply.into_inner().result.map_or(0, |r| r.log_index));
+            }
+            None => {
+                return Err(NodeError::NoLeader { waited_ms: 0 });
+            }
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id)
+        {
+            return Ok(metrics.last_applied.map_or(0, |l| l.index));
+        }
+        self.raft
+            .add_learner(id, BasicNode::new(address), true)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let response = self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        tracing::info!(node = id, "coordinator added as voter");
+        Ok(response.log_id.index)
+    }
+
+    /// Role name for status output.
+    pub fn role(state: ServerState) -> &'static str {
+        match state {
+            ServerState::Leader => "Leader",
+            ServerState::Follower => "Follower",
+            ServerState::Candidate => "Candidate",
+            ServerState::Learner => "Learner",
+            ServerState::Shutdown => "Shutdown",
+        }
+    }
+}
+
+/// This node is not the leader; nothing was proposed.
+#[derive(Debug)]
+pub struct NotLeader;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Starts a coordinator and serves until `shutdown` completes, then stops cleanly.
+/// `on_ready` runs once the node serves and, for `--bootstrap`, leads.
+pub async fn run<F, R>(
+    config: CoordinatorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: F,
+) -> Result<(), NodeError>
+where
+    F: FnOnce(Arc<Coordinator>) -> R,
+    R: Future<Output = Result<(), NodeError>>,
+{
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| NodeError::Startup(format!("data dir {}: {e}", config.data_dir.display())))?;
+    let db = store::open_db(&config.data_dir).map_err(|e| {
+        NodeError::Startup(format!("open sled in {}: {e}", config.data_dir.display()))
+    })?;
+    let log_store = LogStore::open(&db).map_err(|e| NodeError::Startup(e.to_string()))?;
+    let state_machine =
+        StateMachineStore::open(&db).map_err(|e| NodeError::Startup(e.to_string()))?;
+    let state = state_machine.shared();
+
+    let raft_config = openraft::Config {
+        cluster_name: "fleet".into(),
+        heartbeat_interval: config.heartbeat_interval_ms,
+        election_timeout_min: config.election_timeout_ms_min,
+        election_timeout_max: config.election_timeout_ms_max,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_logs),
+        max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::Startup(format!("raft config: {e}")))?;
+
+    let peers = Peers::default();
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        peers.clone(),
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| NodeError::Startup(format!("raft: {e}")))?;
+
+    let coordinator = Arc::new(Coordinator {
+        id: config.id,
+        raft: raft.clone(),
+        state,
+        peers,
+    });
+
+    spawn_named("raft-fatal-watch", watch_for_fatal(raft.clone()));
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| NodeError::Startup(format!("listen on {}: {e}", config.listen)))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(service::fleet_server(coordinator.clone()))
+        .add_service(service::agent_server(coordinator.clone()))
+        .add_service(service::raft_server(coordinator.clone()))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    let server = spawn_named("grpc-server", server);
+    tracing::info!(
+        node = config.id,
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        max_request_bytes = MAX_REQUEST_BYTES,
+        max_raft_message_bytes = MAX_RAFT_MESSAGE_BYTES,
+        "coordinator serving"
+    );
+
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| NodeError::Startup(e.to_string()))?;
+    match &config.start {
+        Start::Bootstrap if !initialized => {
+            let members = BTreeMap::from([(config.id, BasicNode::new(config.advertise.clone()))]);
+            raft.initialize(members)
+                .await
+                .map_err(|e| NodeError::Startup(format!("bootstrap: {e}")))?;
+            tracing::info!(node = config.id, "bootstrapped a new coordinator cluster");
+        }
+        Start::Join(member) if !initialized => {
+            join(&coordinator, member, &config.advertise).await?;
+        }
+        _ => {}
+    }
+    if config.start == Start::Bootstrap {
+        raft.wait(Some(Duration::from_secs(30)))
+            .current_leader(config.id, "bootstrap leads")
+            .await
+            .map_err(|e| NodeError::Startup(format!("no leadership after bootstrap: {e}")))?;
+    }
+    on_ready(coordinator.clone()).await?;
+
+    shutdown.await;
+    tracing::info!(node = config.id, "shutting down");
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    if let Err(e) = db.flush_async().await {
+        store::fail_stop("flush at shutdown", &e);
+    }
+    tracing::info!(node = config.id, "stopped");
+    Ok(())
+}
+
+/// Asks `member` (or the leader it points to) to add this node, until it succeeds.
+async fn join(coordinator: &Coordinator, member: &str, advertise: &str) -> Result<(), NodeError> {
+    let mut client = FleetServiceClient::new(coordinator.peers.channel(member));
+    for attempt in 1..=MAX_JOIN_ATTEMPTS {
+        let request = AddCoordinatorRequest {
+            id: coordinator.id,
+            address: advertise.to_string(),
+        };
+        match client.add_coordinator(request).await {
+            Ok(_) => {
+                tracing::info!(node = coordinator.id, %member, "joined the coordinator cluster");
+                return Ok(());
+            }
+            Err(status) => {
+                tracing::info!(attempt, %member, %status, "join not accepted yet, retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    Err(NodeError::Startup(format!(
+        "{member} did not add this node after {MAX_JOIN_ATTEMPTS} attempts"
+    )))
+}
+
+/// Stops the process when the Raft core stops with a fatal error (such as a storage error).
+///
+/// # Cancel safety
+/// Only reads metrics; safe to drop.
+async fn watch_for_fatal(raft: Raft) {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow().running_state {
+            if !matches!(fatal, openraft::error::Fatal::Stopped) {
+                tracing::error!(error = %fatal, "raft stopped with a fatal error: stopping the node");
+                std::process::exit(EXIT_RAFT_FATAL);
+            }
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}

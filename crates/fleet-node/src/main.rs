@@ -1,0 +1,183 @@
+//! `fleet-node`: runs a coordinator node. With no subcommand it runs the embedded demo: a
+//! single-node coordinator on 127.0.0.1:7400 with its data under ./fleet-data, seeded with a
+//! demo fleet.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use fleet_core::Command;
+use fleet_node::coordinator::{self, Coordinator, CoordinatorConfig, Start};
+use fleet_node::error::NodeError;
+
+#[derive(Parser)]
+#[command(name = "fleet-node", version, about = "fleet coordinator node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<NodeCommand>,
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Run one coordinator node.
+    Coordinator(CoordinatorArgs),
+    /// Run the embedded demo: one coordinator on localhost seeded with a demo fleet (default).
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct CoordinatorArgs {
+    /// This node's id: unique in the coordinator cluster, never reused.
+    #[arg(long)]
+    id: u64,
+    /// HOST:PORT to serve clients and peers on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// HOST:PORT peers and clients reach this node at (default: --listen).
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// Directory for this node's sled database.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Start a new coordinator cluster with this node as its first member.
+    #[arg(long, conflicts_with = "join")]
+    bootstrap: bool,
+    /// Ask the member at HOST:PORT to add this node as a voter.
+    #[arg(long, value_name = "HOST:PORT")]
+    join: Option<String>,
+    #[command(flatten)]
+    tuning: Tuning,
+}
+
+#[derive(Args)]
+struct Tuning {
+    /// Leader heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    #[arg(long, default_value_t = 500)]
+    election_timeout_ms_min: u64,
+    /// Upper bound of the randomized election timeout.
+    #[arg(long, default_value_t = 1000)]
+    election_timeout_ms_max: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_after_logs: u64,
+    /// Log entries kept behind a snapshot for followers that lag a little.
+    #[arg(long, default_value_t = 1_000)]
+    logs_kept_after_snapshot: u64,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// HOST:PORT to serve on.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// Directory for the demo's data.
+    #[arg(long, default_value = "fleet-data")]
+    data_dir: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn,sled=warn,h2=warn,tower=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Some(NodeCommand::Coordinator(args)) => run_coordinator(args).await,
+            Some(NodeCommand::Demo(args)) => run_demo(args).await,
+            None => {
+                run_demo(DemoArgs {
+                    listen: "127.0.0.1:7400".parse().expect("valid address"),
+                    data_dir: "fleet-data".into(),
+                })
+                .await
+            }
+        }
+    })
+}
+
+async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let start = match (args.bootstrap, args.join) {
+        (true, _) => Start::Bootstrap,
+        (false, Some(member)) => Start::Join(member),
+        (false, None) => Start::Resume,
+    };
+    let mut config = CoordinatorConfig::new(args.id, args.listen, args.data_dir, start);
+    if let Some(advertise) = args.advertise {
+        config.advertise = advertise.to_string();
+    }
+    config.heartbeat_interval_ms = args.tuning.heartbeat_interval_ms;
+    config.election_timeout_ms_min = args.tuning.election_timeout_ms_min;
+    config.election_timeout_ms_max = args.tuning.election_timeout_ms_max;
+    config.snapshot_after_logs = args.tuning.snapshot_after_logs;
+    config.logs_kept_after_snapshot = args.tuning.logs_kept_after_snapshot;
+    coordinator::run(config, shutdown_signal(), |_| async { Ok(()) }).await?;
+    Ok(())
+}
+
+async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    let config = CoordinatorConfig::new(1, args.listen, args.data_dir.clone(), Start::Bootstrap);
+    let listen = args.listen;
+    coordinator::run(config, shutdown_signal(), move |c| async move {
+        seed_demo_fleet(&c).await?;
+        eprintln!(
+            "fleet demo coordinator on {listen}, data in {}. Try: fleet-ctl --endpoints {listen} status",
+            args.data_dir.display()
+        );
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// The demo fleet: three sites, one staging cluster in Oslo and one production cluster per
+/// site. Seeded once; a restarted demo keeps what it has.
+async fn seed_demo_fleet(c: &Arc<Coordinator>) -> Result<(), NodeError> {
+    if c.read_state(|s| s.sites().next().is_some()) {
+        return Ok(());
+    }
+    let mut commands = Vec::new();
+    for site in ["oslo", "bergen", "stavanger"] {
+        commands.push(Command::AddSite { name: site.into() });
+    }
+    let clusters = [
+        ("stg-oslo-1", "oslo", "staging"),
+        ("prod-oslo-1", "oslo", "production"),
+        ("prod-bergen-1", "bergen", "production"),
+        ("prod-stavanger-1", "stavanger", "production"),
+    ];
+    for (name, site, environment) in clusters {
+        commands.push(Command::RegisterCluster {
+            name: name.into(),
+            site: site.into(),
+            environment: environment.into(),
+            labels: BTreeMap::from([("tier".to_string(), "web".to_string())]),
+        });
+    }
+    for command in commands {
+        c.write(command, "system:demo".into(), "demo fleet".into())
+            .await?;
+    }
+    tracing::info!("demo fleet seeded");
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,389 @@
+//! The gRPC services: `FleetService` and `AgentService` for clients, `RaftService` between
+//! coordinators. Handlers translate through [`crate::convert`] and call the [`Coordinator`].
+
+use std::sync::Arc;
+
+use fleet_core::{Command, Outcome};
+use openraft::raft::InstallSnapshotRequest;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{self, actor, consistency, write_result};
+use crate::coordinator::{Consistency, Coordinator, ForwardedReply, ForwardedWrite};
+use crate::error::NodeError;
+use crate::network::MAX_RAFT_MESSAGE_BYTES;
+use crate::proto::agent_service_server::{AgentService, AgentServiceServer};
+use crate::proto::fleet_service_server::{FleetService, FleetServiceServer};
+use crate::proto::raft_service_server::{RaftService, RaftServiceServer};
+use crate::proto::*;
+use crate::types::TypeConfig;
+
+/// Largest request message a client may send to `FleetService` or `AgentService`.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Largest response message sent to a client.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+pub fn fleet_server(c: Arc<Coordinator>) -> FleetServiceServer<FleetApi> {
+    FleetServiceServer::new(FleetApi(c))
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES)
+}
+
+pub fn agent_server(c: Arc<Coordinator>) -> AgentServiceServer<AgentApi> {
+    AgentServiceServer::new(AgentApi(c))
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES)
+}
+
+pub fn raft_server(c: Arc<Coordinator>) -> RaftServiceServer<RaftApi> {
+    RaftServiceServer::new(RaftApi(c))
+        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+}
+
+pub struct FleetApi(Arc<Coordinator>);
+
+type Reply<T> = Result<Response<T>, Status>;
+
+impl FleetApi {
+    async fn write(
+        &self,
+        command: Command,
+        actor: String,
+        reason: String,
+    ) -> Result<(u64, Outcome), Status> {
+        Ok(self.0.write(command, actor, reason).await?)
+    }
+}
+
+#[tonic::async_trait]
+impl FleetService for FleetApi {
+    async fn add_site(&self, request: Request<AddSiteRequest>) -> Reply<AddSiteResponse> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let (index, _) = self
+            .write(Command::AddSite { name: r.name }, actor, r.reason)
+            .await?;
+        Ok(Response::new(AddSiteResponse {
+            result: write_result(index),
+        }))
+    }
+
+    async fn list_sites(&self, request: Request<ListSitesRequest>) -> Reply<ListSitesResponse> {
+        let r = request.into_inner();
+        let sites = self
+            .0
+            .read(consistency(r.consistency), |s| {
+                s.sites().map(convert::site).collect()
+            })
+            .await?;
+        Ok(Response::new(ListSitesResponse { sites }))
+    }
+
+    async fn add_environment(
+        &self,
+        request: Request<AddEnvironmentRequest>,
+    ) -> Reply<AddEnvironmentResponse> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let (index, outcome) = self
+            .write(Command::AddEnvironment { name: r.name }, actor, r.reason)
+            .await?;
+        let environment = match outcome {
+            Outcome::EnvironmentAdded { name, position } => Some(Environment { name, position }),
+            _ => None,
+        };
+        Ok(Response::new(AddEnvironmentResponse {
+            result: write_result(index),
+            environment,
+        }))
+    }
+
+    async fn list_environments(
+        &self,
+        request: Request<ListEnvironmentsRequest>,
+    ) -> Reply<ListEnvironmentsResponse> {
+        let r = request.into_inner();
+        let environments = self
+            .0
+            .read(consistency(r.consistency), |s| {
+                s.environments().iter().map(convert::environment).collect()
+            })
+            .await?;
+        Ok(Response::new(ListEnvironmentsResponse { environments }))
+    }
+
+    async fn register_cluster(
+        &self,
+        request: Request<RegisterClusterRequest>,
+    ) -> Reply<RegisterClusterResponse> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let command = Command::RegisterCluster {
+            name: r.name,
+            site: r.site,
+            environment: r.environment,
+            labels: r.labels.into_iter().collect(),
+        };
+        let (index, outcome) = self.write(command, actor, r.reason).await?;
+        let assignments = match outcome {
+            Outcome::ClusterRegistered { assignments, .. } => assignments,
+            _ => 0,
+        };
+        Ok(Response::new(RegisterClusterResponse {
+            result: write_result(index),
+            assignments,
+        }))
+    }
+
+    async fn remove_cluster(
+        &self,
+        request: Request<RemoveClusterRequest>,
+    ) -> Reply<RemoveClusterResponse> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let (index, _) = self
+            .write(Command::RemoveCluster { name: r.name }, actor, r.reason)
+            .await?;
+        Ok(Response::new(RemoveClusterResponse {
+            result: write_result(index),
+        }))
+    }
+
+    async fn list_clusters(
+        &self,
+        request: Request<ListClustersRequest>,
+    ) -> Reply<ListClustersResponse> {
+        let r = request.into_inner();
+        let clusters = self
+            .0
+            .read(consistency(r.consistency), |s| {
+                s.clusters().map(convert::cluster).collect()
+            })
+            .await?;
+        Ok(Response::new(ListClustersResponse { clusters }))
+    }
+
+    async fn get_cluster(&self, request: Request<GetClusterRequest>) -> Reply<GetClusterResponse> {
+        let r = request.into_inner();
+        let response = self
+            .0
+            .read(consistency(r.consistency), |s| {
+                let cluster = s.cluster(&r.name)?;
+                let assignments = s.assignments(&r.name)?;
+                Ok::<_, fleet_core::CoreError>(GetClusterResponse {
+                    cluster: Some(convert::cluster(cluster)),
+                    assignments: assignments.into_iter().map(convert::assignment).collect(),
+                })
+            })
+            .await?
+            .map_err(NodeError::from)?;
+        Ok(Response::new(response))
+    }
+
+    async fn create_workload(
+        &self,
+        request: Request<CreateWorkloadRequest>,
+    ) -> Reply<CreateWorkloadResponse> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let command = Command::CreateWorkload {
+            name: r.name,
+            repo_url: r.repo_url,
+            path_template: r.path_template,
+        };
+        let (index, _) = self.write(command, actor, r.reason).await?;
+        Ok(Response::new(CreateWorkloadResponse {
+            result: write_result(index),
+        }))
+    }
+
+    async fn list_workloads(
+        &self,
+        request: Request<ListWorkloadsRequest>,
+    ) -> Reply<ListWorkloadsResponse> {
+        let r = request.into_inner();
+        let workloads = self
+            .0
+            .read(consistency(r.consistency), |s| {
+                s.workloads().map(|w| convert::workload(w, s)).collect()
+            })
+            .await?;
+        Ok(Response::new(ListWorkloadsResponse { workloads }))
+    }
+
+    async fn publish_release(
+        &self,
+        request: Request<PublishReleaseRequest>,
+    ) -> Reply<PublishReleaseResponse> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let command = Command::PublishRelease {
+            workload: r.workload,
+            revision: r.revision,
+        };
+        let (index, outcome) = self.write(command, actor, r.reason).await?;
+        let (environment, clusters) = match outcome {
+            Outcome::ReleasePublished {
+                environment,
+                clusters,
+                ..
+            } => (environment, clusters),
+            _ => Default::default(),
+        };
+        Ok(Response::new(PublishReleaseResponse {
+            result: write_result(index),
+            environment,
+            clusters,
+        }))
+    }
+
+    async fn list_releases(
+        &self,
+        request: Request<ListReleasesRequest>,
+    ) -> Reply<ListReleasesResponse> {
+        let r = request.into_inner();
+        let releases = self
+            .0
+            .read(consistency(r.consistency), |s| {
+                s.releases(&r.workload)
+                    .map(|rs| rs.iter().map(convert::release).collect::<Vec<_>>())
+            })
+            .await?
+            .map_err(NodeError::from)?;
+        Ok(Response::new(ListReleasesResponse { releases }))
+    }
+
+    async fn get_status(&self, request: Request<GetStatusRequest>) -> Reply<GetStatusResponse> {
+        let r = request.into_inner();
+        let rows = self
+            .0
+            .read(consistency(r.consistency), |s| {
+                s.status_rows().iter().map(convert::status_row).collect()
+            })
+            .await?;
+        Ok(Response::new(GetStatusResponse { rows }))
+    }
+
+    async fn get_coordinator_status(
+        &self,
+        _request: Request<GetCoordinatorStatusRequest>,
+    ) -> Reply<GetCoordinatorStatusResponse> {
+        let m = self.0.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| CoordinatorMember {
+                id: *id,
+                address: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        Ok(Response::new(GetCoordinatorStatusResponse {
+            node_id: self.0.id,
+            leader_id: m.current_leader,
+            term: m.current_term,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            role: Coordinator::role(m.state).to_string(),
+            members,
+        }))
+    }
+
+    async fn add_coordinator(
+        &self,
+        request: Request<AddCoordinatorRequest>,
+    ) -> Reply<AddCoordinatorResponse> {
+        let r = request.into_inner();
+        let index = self.0.add_coordinator(r.id, r.address).await?;
+        Ok(Response::new(AddCoordinatorResponse {
+            result: write_result(index),
+        }))
+    }
+}
+
+pub struct AgentApi(Arc<Coordinator>);
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn get_assignments(
+        &self,
+        request: Request<GetAssignmentsRequest>,
+    ) -> Reply<GetAssignmentsResponse> {
+        let r = request.into_inner();
+        let response = self
+            .0
+            .read(Consistency::Linearizable, |s| {
+                let assignments = s.assignments(&r.cluster)?;
+                Ok::<_, fleet_core::CoreError>(GetAssignmentsResponse {
+                    assignments: assignments.into_iter().map(convert::assignment).collect(),
+                    fleet_assignment_version: s.last_assignment_version(),
+                })
+            })
+            .await?
+            .map_err(NodeError::from)?;
+        Ok(Response::new(response))
+    }
+}
+
+pub struct RaftApi(Arc<Coordinator>);
+
+fn decode<T: serde::de::DeserializeOwned>(payload: &RaftPayload) -> Result<T, Status> {
+    serde_json::from_slice(&payload.json)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft payload: {e}")))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Response<RaftPayload> {
+    Response::new(RaftPayload {
+        json: serde_json::to_vec(value).expect("raft replies serialize"),
+    })
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftApi {
+    async fn append_entries(&self, request: Request<RaftPayload>) -> Reply<RaftPayload> {
+        let rpc = decode(request.get_ref())?;
+        Ok(encode(&self.0.raft.append_entries(rpc).await))
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Reply<RaftPayload> {
+        let rpc = decode(request.get_ref())?;
+        Ok(encode(&self.0.raft.vote(rpc).await))
+    }
+
+    async fn install_snapshot(&self, request: Request<InstallSnapshotChunk>) -> Reply<RaftPayload> {
+        let chunk = request.into_inner();
+        let bad = |e: serde_json::Error| {
+            Status::invalid_argument(format!("undecodable snapshot chunk: {e}"))
+        };
+        let rpc = InstallSnapshotRequest::<TypeConfig> {
+            vote: serde_json::from_slice(&chunk.vote_json).map_err(bad)?,
+            meta: serde_json::from_slice(&chunk.meta_json).map_err(bad)?,
+            offset: chunk.offset,
+            data: chunk.data,
+            done: chunk.done,
+        };
+        Ok(encode(&self.0.raft.install_snapshot(rpc).await))
+    }
+
+    async fn propose(&self, request: Request<RaftPayload>) -> Reply<RaftPayload> {
+        let write: ForwardedWrite = decode(request.get_ref())?;
+        match self.0.write_as_leader(&write).await {
+            Ok(result) => {
+                let reply: ForwardedReply = match result {
+                    Ok(applied) => Ok(applied),
+                    Err(NodeError::Core(refusal)) => Err(refusal),
+                    Err(other) => return Err(other.into()),
+                };
+                Ok(encode(&reply))
+            }
+            Err(_) => Err(Status::unavailable("not the leader; nothing was proposed")),
+        }
+    }
+
+    async fn read_index(&self, _request: Request<ReadIndexRequest>) -> Reply<ReadIndexResponse> {
+        let read_index = self.0.read_index().await?;
+        Ok(Response::new(ReadIndexResponse { read_index }))
+    }
+}
