@@ -1,1 +1,657 @@
-fn main() {}
+//! `fleet-ctl`: the operator's command line, a thin client of the fleet.v1 gRPC API.
+//!
+//! Data goes to stdout (`-o table` or `-o json`), messages to stderr. Exit codes:
+//! 0 success, 1 other failure, 2 usage or invalid argument, 3 not found, 4 already exists or
+//! failed precondition, 5 no coordinator reachable or no leader.
+
+mod client;
+mod output;
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fleet_node::proto::*;
+use serde_json::json;
+
+use crate::client::{Client, CtlError, Req};
+use crate::output::{Table, format_time_ms};
+
+#[derive(Parser)]
+#[command(
+    name = "fleet-ctl",
+    version,
+    about = "Operate a fleet: clusters, workloads, releases"
+)]
+struct Cli {
+    /// Coordinator endpoints, HOST:PORT, comma-separated; tried in order until one answers.
+    #[arg(
+        long,
+        env = "FLEET_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7400",
+        global = true
+    )]
+    endpoints: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table, global = true)]
+    output: Format,
+    /// Who acts, recorded in the audit log (unauthenticated until mutual TLS).
+    #[arg(long = "as", env = "FLEET_ACTOR", global = true)]
+    actor: Option<String>,
+    /// Why, recorded in the audit log with every change.
+    #[arg(long, default_value = "", global = true)]
+    reason: String,
+    /// Read from the answering node's local state; may miss recent writes.
+    #[arg(long, global = true)]
+    stale: bool,
+    /// Give up on a call after this many seconds.
+    #[arg(long, default_value_t = 15, global = true)]
+    timeout_s: u64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The coordinator nodes.
+    #[command(subcommand)]
+    Coordinator(CoordinatorCmd),
+    /// Sites: physical locations.
+    #[command(subcommand)]
+    Site(SiteCmd),
+    /// Environments, in pipeline order.
+    #[command(subcommand)]
+    Environment(EnvironmentCmd),
+    /// Clusters, one agent each.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Workloads: a repository and a path template.
+    #[command(subcommand)]
+    Workload(WorkloadCmd),
+    /// Releases: a workload at a revision, published into the first environment.
+    #[command(subcommand)]
+    Release(ReleaseCmd),
+    /// Per cluster: site, environment and desired revision.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum CoordinatorCmd {
+    /// Members, leader id, term and indexes, one row per member.
+    Status,
+    /// Add a node as a voter (it must be running, started without --bootstrap).
+    Add {
+        #[arg(long)]
+        id: u64,
+        #[arg(long, value_name = "HOST:PORT")]
+        address: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SiteCmd {
+    Add { name: String },
+    List,
+}
+
+#[derive(Subcommand)]
+enum EnvironmentCmd {
+    /// Append an environment at the end of the pipeline.
+    Add {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    Register(RegisterArgs),
+    List,
+    Describe { name: String },
+    Remove { name: String },
+}
+
+#[derive(Args)]
+struct RegisterArgs {
+    name: String,
+    #[arg(long)]
+    site: String,
+    #[arg(long = "env")]
+    environment: String,
+    /// K=V; repeat for more labels.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+}
+
+#[derive(Subcommand)]
+enum WorkloadCmd {
+    Create {
+        name: String,
+        #[arg(long)]
+        repo: String,
+        /// Path inside the repository; `{environment}` is replaced per cluster.
+        #[arg(long)]
+        path: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum ReleaseCmd {
+    /// Publish WORKLOAD at SHA; with --repo, SHA may be any ref name, resolved locally.
+    Publish {
+        workload: String,
+        /// A full 40-hex SHA, or with --repo a ref name (main, v1.2, HEAD~1).
+        revision: String,
+        /// A local Git repository to resolve the revision in.
+        #[arg(long)]
+        repo: Option<std::path::PathBuf>,
+    },
+    List {
+        workload: String,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not K=V"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let (code, hint) = match e.downcast_ref::<CtlError>() {
+                Some(ctl) => (ctl.exit_code(), ctl.hint().map(str::to_string)),
+                None => (1, None),
+            };
+            eprintln!("error: {e:#}");
+            if let Some(hint) = hint {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn consistency(cli: &Cli) -> i32 {
+    if cli.stale {
+        ReadConsistency::Stale as i32
+    } else {
+        ReadConsistency::Linearizable as i32
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let actor = cli
+        .actor
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "anonymous".into());
+    let client = Client::new(
+        cli.endpoints.clone(),
+        actor,
+        Duration::from_secs(cli.timeout_s),
+    );
+    let json = cli.output == Format::Json;
+    let reason = cli.reason.clone();
+    let c = consistency(&cli);
+    match cli.command {
+        Cmd::Coordinator(CoordinatorCmd::Status) => coordinator_status(&client, json).await,
+        Cmd::Coordinator(CoordinatorCmd::Add { id, address }) => {
+            let r = client
+                .fleet(|mut f, req: Req| {
+                    let request = req.wrap(AddCoordinatorRequest {
+                        id,
+                        address: address.clone(),
+                    });
+                    async move { f.add_coordinator(request).await }
+                })
+                .await?;
+            written(json, &format!("coordinator {id} added"), r.result)
+        }
+        Cmd::Site(SiteCmd::Add { name }) => {
+            let r = client
+                .fleet(|mut f, req: Req| {
+                    let request = req.wrap(AddSiteRequest {
+                        name: name.clone(),
+                        reason: reason.clone(),
+                    });
+                    async move { f.add_site(request).await }
+                })
+                .await?;
+            written(json, "site added", r.result)
+        }
+        Cmd::Site(SiteCmd::List) => {
+            let r = client
+                .fleet(|mut f, req: Req| {
+                    let request = req.wrap(ListSitesRequest { consistency: c });
+                    async move { f.list_sites(request).await }
+                })
+                .await?;
+            let mut t = Table::new(&["NAME", "CREATED"]);
+            let mut items = Vec::new();
+            for s in &r.sites {
+                t.row(vec![s.name.clone(), format_time_ms(s.created_at_ms)]);
+                items.push(json!({"name": s.name, "created_at_ms": s.created_at_ms}));
+            }
+            emit(json, t, json!({ "sites": items }))
+        }
+        Cmd::Environment(EnvironmentCmd::Add { name }) => {
+            let r = client
+                .fleet(|mut f, req: Req| {
+                    let request = req.wrap(AddEnvironmentRequest {
+                        name: name.clone(),
+                        reason: reason.clone(),
+                    });
+                    async move { f.add_environment(request).await }
+                })
+                .await?;
+            written(json, "environment added", r.result)
+        }
+        Cmd::Environment(EnvironmentCmd::List) => {
+            let r = client
+                .fleet(|mut f, req: Req| {
+                    let request = req.wrap(ListEnvironmentsRequest { consistency: c });
+                    async move { f.list_environments(request).await }
+                })
+                .await?;
+            let mut t = Table::new(&["POSITION", "NAME"]);
+            let mut items = Vec::new();
+            for e in &r.environments {
+                t.row(vec![e.position.to_string(), e.name.clone()]);
+                items.push(json!({"name": e.name, "position": e.position}));
+            }
+            emit(json, t, json!({ "environments": items }))
+        }
+        Cmd::Cluster(ClusterCmd::Register(args)) => {
+            let labels: std::collections::HashMap<String, String> =
+                args.labels.into_iter().collect();
+            let r = client
+                .fleet(|mut f, req: Req| {
+                    let request = RegisterClusterRequest {
+                        name: args.name.clone(),
+                        site: args.site.clone(),
+                        environment: args.environment.clone(),
+                        labels: labels.clone(),
+                        reason: reason.clone(),
+                    };
+                    async move { f.register_cluster(req.wrap(request)).await }
+                })
+                .await?;
+            written(
+                json,
+                &format!("cluster registered with {} assignments", r.assignments),
+                r.result,
+            )
+        }
+        Cmd::Cluster(ClusterCmd::List) => {
+            let r = client
+                .fleet(|mut f, req: Req| {
+                    let request = req.wrap(ListClustersRequest { consistency: c });
+                    async move { f.list_clusters(request).await }
+                })
+                .await?;
+            let mut t = Table::new(&["NAME", "SITE", "ENVIRONMENT", "LABELS"]);
+            let mut items = Vec::new();
+            for cl in &r.clusters {
+                t.row(vec![
+                    cl.name.clone(),
+                    cl.site.clone(),
+                    cl.environment.clone(),
+                    labels_text(&cl.labels),
+                ]);
+                items.push(cluster_json(cl));
+            }
+            emit(json, t, json!({ "clusters": items }))
+        }
+        Cmd::Cluster(ClusterCmd::Describe { name }) => {
+            let r = client
+                .fleet(|mut f, req: Req| {
+                    let request = req.wrap(GetClusterRequest {
+                        name: name.clone(),
+                        consistency: c,
+                    });
+                    async move { f.get_cluster(request).await }
+                })
+                .await?;
+            let cl = r
+                .cluster
+                .ok_or_else(|| anyhow!("the coordinator sent no cluster"))?;
+            let assignments: Vec<_> = r.assignments.iter().map(assignment_json).collect();
+            if json {
+                let mut v = cluster_json(&cl);
+                v["assignments"] = json!(assignments);
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!("Name:        {}", cl.name);
+            println!("Site:        {}", cl.site);
+            println!("Environment: {}", cl.environment);
+            println!("Labels:      {}", labels_text(&cl.labels));
+            println!("Registered:  {}", format_time_ms(cl.registered_at_ms));
+            println!("Assignments:");
+            let mut t = Table::new(&["WORKLOAD", "PATH", "REVISION", "VERSION", "ASSIGNED"]);
+            for a in &r.assignments {
+                t.row(vec![
+                    a.workload.clone(),
+                    a.path.clone(),
+                    a.revision.clone(),
+                    a.version.to_string(),
+                    format_time_ms(a.assigned_at_ms),
+                ]);
+            }
+            t.print();
+            Ok(())
+        }
+        Cmd::Cluster(ClusterCmd::Remove { name }) => {
+            let r = client
+                .fleet(|mut f, req: Req| {
+                    let request = req.wrap(RemoveClusterRequest {
+                        name: name.clone(),
+                        reason: reason.clone(),
+                    });
+                    async move { f.remove_cluster(request).await }
+                })
+                .await?;
+            written(json, "cluster removed", r.result)
+        }
+        Cmd::Workload(WorkloadCmd::Create { name, repo, path }) => {
+            let r = client
+                .fleet(|mut f, req: Req| {
+                    let request = CreateWorkloadRequest {
+                        name: name.clone(),
+                        repo_url: repo.clone(),
+                        path_template: path.clone(),
+                        reason: reason.clone(),
+                    };
+                    async move { f.create_workload(req.wrap(request)).await }
+                })
+                .await?;
+            written(json, "workload created", r.result)
+        }
+        Cmd::Workload(WorkloadCmd::List) => {
+            let r = client
+                .fleet(|mut f, req: Req| {
+                    let request = req.wrap(ListWorkloadsRequest { consistency: c });
+                    async move { f.list_workloads(request).await }
+                })
+                .await?;
+            let mut t = Table::new(&["NAME", "REPO", "PATH", "DESIRED"]);
+            let mut items = Vec::new();
+            for w in &r.workloads {
+                let desired: BTreeMap<&str, &str> = w
+                    .desired
+                    .iter()
+                    .map(|d| (d.environment.as_str(), d.revision.as_str()))
+                    .collect();
+                let text: Vec<String> = w
+                    .desired
+                    .iter()
+                    .map(|d| format!("{}={}", d.environment, short(&d.revision)))
+                    .collect();
+                t.row(vec![
+                    w.name.clone(),
+                    w.repo_url.clone(),
+                    w.path_template.clone(),
+                    text.join(","),
+                ]);
+                items.push(json!({"name": w.name, "repo_url": w.repo_url, "path_template": w.path_template, "desired": desired}));
+            }
+            emit(json, t, json!({ "workloads": items }))
+        }
+        Cmd::Release(ReleaseCmd::Publish {
+            workload,
+            revision,
+            repo,
+        }) => {
+            let revision = match repo {
+                Some(path) => resolve_revision(&path, &revision)?,
+                None => revision,
+            };
+            let r = client
+                .fleet(|mut f, req: Req| {
+                    let request = PublishReleaseRequest {
+                        workload: workload.clone(),
+                        revision: revision.clone(),
+                        reason: reason.clone(),
+                    };
+                    async move { f.publish_release(req.wrap(request)).await }
+                })
+                .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "log_index": r.result.map_or(0, |w| w.log_index),
+                        "workload": workload,
+                        "revision": revision,
+                        "environment": r.environment,
+                        "clusters": r.clusters,
+                    }))?
+                );
+            } else {
+                eprintln!(
+                    "published {workload}@{revision} to {}: {} clusters assigned",
+                    r.environment,
+                    r.clusters.len()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Release(ReleaseCmd::List { workload }) => {
+            let r = client
+                .fleet(|mut f, req: Req| {
+                    let request = req.wrap(ListReleasesRequest {
+                        workload: workload.clone(),
+                        consistency: c,
+                    });
+                    async move { f.list_releases(request).await }
+                })
+                .await?;
+            let mut t = Table::new(&["REVISION", "ENVIRONMENT", "PUBLISHED", "BY"]);
+            let mut items = Vec::new();
+            for rel in &r.releases {
+                t.row(vec![
+                    rel.revision.clone(),
+                    rel.environment.clone(),
+                    format_time_ms(rel.published_at_ms),
+                    rel.published_by.clone(),
+                ]);
+                items.push(json!({"workload": rel.workload, "revision": rel.revision, "environment": rel.environment, "published_at_ms": rel.published_at_ms, "published_by": rel.published_by}));
+            }
+            emit(json, t, json!({ "releases": items }))
+        }
+        Cmd::Status => {
+            let r = client
+                .fleet(|mut f, req: Req| {
+                    let request = req.wrap(GetStatusRequest { consistency: c });
+                    async move { f.get_status(request).await }
+                })
+                .await?;
+            let mut t = Table::new(&[
+                "CLUSTER",
+                "SITE",
+                "ENVIRONMENT",
+                "WORKLOAD",
+                "DESIRED",
+                "VERSION",
+            ]);
+            let mut items = Vec::new();
+            for row in &r.rows {
+                let dash = |s: &str| {
+                    if s.is_empty() {
+                        "-".to_string()
+                    } else {
+                        s.to_string()
+                    }
+                };
+                t.row(vec![
+                    row.cluster.clone(),
+                    row.site.clone(),
+                    row.environment.clone(),
+                    dash(&row.workload),
+                    dash(&row.desired_revision),
+                    if row.assignment_version == 0 {
+                        "-".into()
+                    } else {
+                        row.assignment_version.to_string()
+                    },
+                ]);
+                items.push(json!({
+                    "cluster": row.cluster, "site": row.site, "environment": row.environment,
+                    "workload": (!row.workload.is_empty()).then_some(&row.workload),
+                    "desired_revision": (!row.desired_revision.is_empty()).then_some(&row.desired_revision),
+                    "assignment_version": (row.assignment_version > 0).then_some(row.assignment_version),
+                }));
+            }
+            emit(json, t, json!({ "clusters": items }))
+        }
+    }
+}
+
+/// `coordinator status`: the answering node's view of membership and leader, and each
+/// member's own term and indexes (asked directly; `unreachable` when it does not answer).
+async fn coordinator_status(client: &Client, json: bool) -> anyhow::Result<()> {
+    let view = client
+        .fleet(|mut f, req: Req| {
+            let request = req.wrap(GetCoordinatorStatusRequest {});
+            async move { f.get_coordinator_status(request).await }
+        })
+        .await?;
+    let mut t = Table::new(&[
+        "ID", "ADDRESS", "VOTER", "ROLE", "TERM", "APPLIED", "LAST LOG", "SNAPSHOT",
+    ]);
+    let mut members = Vec::new();
+    for m in &view.members {
+        let own = client.status_of(&m.address).await;
+        let (role, term, applied, last_log, snapshot) = match &own {
+            Some(s) => (
+                s.role.clone(),
+                Some(s.term),
+                Some(s.applied_index),
+                Some(s.last_log_index),
+                Some(s.snapshot_index),
+            ),
+            None => ("unreachable".to_string(), None, None, None, None),
+        };
+        let num = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        t.row(vec![
+            m.id.to_string(),
+            m.address.clone(),
+            m.voter.to_string(),
+            role.clone(),
+            num(term),
+            num(applied),
+            num(last_log),
+            num(snapshot),
+        ]);
+        members.push(json!({
+            "id": m.id, "address": m.address, "voter": m.voter, "role": role,
+            "term": term, "applied_index": applied, "last_log_index": last_log, "snapshot_index": snapshot,
+        }));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "answered_by": view.node_id,
+                "leader_id": view.leader_id,
+                "term": view.term,
+                "applied_index": view.applied_index,
+                "members": members,
+            }))?
+        );
+    } else {
+        match view.leader_id {
+            Some(l) => eprintln!(
+                "leader: {l}, term {} (as seen by node {})",
+                view.term, view.node_id
+            ),
+            None => eprintln!("no leader (as seen by node {})", view.node_id),
+        }
+        t.print();
+    }
+    Ok(())
+}
+
+/// Resolves a ref name (or SHA) in a local repository to a full commit SHA.
+fn resolve_revision(repo: &std::path::Path, spec: &str) -> anyhow::Result<String> {
+    let repository = gix::open(repo)
+        .with_context(|| format!("open the Git repository at {}", repo.display()))?;
+    let id = repository
+        .rev_parse_single(spec)
+        .with_context(|| format!("resolve {spec:?} in {}", repo.display()))?;
+    let commit = id
+        .object()
+        .context("read the object")?
+        .peel_to_commit()
+        .with_context(|| format!("{spec:?} does not name a commit"))?;
+    Ok(commit.id.to_string())
+}
+
+fn written(json: bool, message: &str, result: Option<WriteResult>) -> anyhow::Result<()> {
+    let index = result.map_or(0, |r| r.log_index);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "log_index": index }))?
+        );
+    } else {
+        eprintln!("{message} (log index {index})");
+    }
+    Ok(())
+}
+
+fn emit(json: bool, table: Table, value: serde_json::Value) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        table.print();
+    }
+    Ok(())
+}
+
+fn labels_text(labels: &std::collections::HashMap<String, String>) -> String {
+    let sorted: BTreeMap<_, _> = labels.iter().collect();
+    let parts: Vec<String> = sorted.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+fn cluster_json(c: &Cluster) -> serde_json::Value {
+    let labels: BTreeMap<_, _> = c.labels.iter().collect();
+    json!({"name": c.name, "site": c.site, "environment": c.environment, "labels": labels, "registered_at_ms": c.registered_at_ms})
+}
+
+fn assignment_json(a: &Assignment) -> serde_json::Value {
+    json!({"workload": a.workload, "repo_url": a.repo_url, "path": a.path, "revision": a.revision, "version": a.version, "assigned_at_ms": a.assigned_at_ms})
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
