@@ -12,4 +12,5 @@ pub mod network;
 pub mod service;
 pub mod store;
 pub mod tasks;
+pub mod testing;
 pub mod types;

@@ -1,0 +1,271 @@
+//! Real coordinator processes for tests, chaos tests and benchmarks: spawned from the
+//! `fleet-node` binary, each with its own data dir and log file, stopped by pid when dropped.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tonic::transport::Channel;
+
+use crate::proto::fleet_service_client::FleetServiceClient;
+use crate::proto::{GetCoordinatorStatusRequest, GetCoordinatorStatusResponse};
+
+/// The `fleet-node` binary next to the running test executable (cargo puts test executables
+/// in `target/<profile>/deps` and binaries in `target/<profile>`).
+pub fn fleet_node_binary() -> PathBuf {
+    sibling_binary("fleet-node")
+}
+
+/// A workspace binary next to the running test executable.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build -p fleet-node, or cargo test --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the OS may hand it out again later).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// One coordinator process.
+pub struct NodeProcess {
+    pub id: u64,
+    pub address: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+    binary: PathBuf,
+    /// How many times this node was started (log files are numbered by it).
+    starts: u32,
+}
+
+impl NodeProcess {
+    fn spawn(&mut self, start_args: &[String]) {
+        self.starts += 1;
+        self.log_path = self.data_dir.with_extension(format!("log.{}", self.starts));
+        let log = File::create(&self.log_path).expect("create node log");
+        let child = Command::new(&self.binary)
+            .arg("coordinator")
+            .args(["--id", &self.id.to_string()])
+            .args(["--listen", &self.address])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(start_args)
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info,openraft=warn,sled=warn,h2=warn,tower=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn fleet-node");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<Pid> {
+        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Starts the node again from its data dir (neither --bootstrap nor --join).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "node {} is still running", self.id);
+        self.spawn(&[]);
+    }
+
+    /// The text the node has logged since its last start.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A coordinator cluster of real processes in a temporary directory.
+pub struct ProcessCluster {
+    pub nodes: Vec<NodeProcess>,
+    dir: tempfile::TempDir,
+}
+
+impl ProcessCluster {
+    /// Starts `size` nodes: node 1 bootstraps, the others join it. Returns once every node is
+    /// a voter and a leader is known. `extra_args` go to every node.
+    pub async fn start(size: usize, extra_args: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("fleet-cluster-")
+            .tempdir()
+            .expect("temp dir");
+        let binary = fleet_node_binary();
+        let mut cluster = ProcessCluster {
+            nodes: Vec::new(),
+            dir,
+        };
+        for i in 0..size {
+            let id = i as u64 + 1;
+            let mut node = NodeProcess {
+                id,
+                address: format!("127.0.0.1:{}", free_port()),
+                data_dir: cluster.dir.path().join(format!("node-{id}")),
+                log_path: PathBuf::new(),
+                child: None,
+                extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+                binary: binary.clone(),
+                starts: 0,
+            };
+            if i == 0 {
+                node.spawn(&["--bootstrap".to_string()]);
+            } else {
+                let first = cluster.nodes[0].address.clone();
+                node.spawn(&["--join".to_string(), first]);
+            }
+            cluster.nodes.push(node);
+            if i == 0 {
+                cluster.wait_for_leader(Duration::from_secs(30)).await;
+            }
+        }
+        cluster.wait_for_voters(size, Duration::from_secs(60)).await;
+        cluster
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// All node addresses, comma-separated, as `--endpoints` takes them.
+    pub fn endpoints(&self) -> String {
+        let all: Vec<&str> = self.nodes.iter().map(|n| n.address.as_str()).collect();
+        all.join(",")
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut NodeProcess {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("no node with that id")
+    }
+
+    pub fn address(&self, id: u64) -> String {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .expect("no node with that id")
+            .address
+            .clone()
+    }
+
+    /// The status one node reports, or None when it does not answer.
+    pub async fn status(&self, id: u64) -> Option<GetCoordinatorStatusResponse> {
+        let mut client = connect(&self.address(id)).await?;
+        let mut request = tonic::Request::new(GetCoordinatorStatusRequest {});
+        request.set_timeout(Duration::from_secs(1));
+        client
+            .get_coordinator_status(request)
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// Waits until a running node reports a leader that is itself running; returns its id.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for node in self.nodes.iter().filter(|n| n.is_running()) {
+                if let Some(s) = self.status(node.id).await
+                    && s.role == "Leader"
+                    && s.leader_id == Some(node.id)
+                {
+                    return node.id;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_for_voters(&self, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leader = self.wait_for_leader(timeout).await;
+            if let Some(s) = self.status(leader).await
+                && s.members.iter().filter(|m| m.voter).count() == count
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{count} voters not reached within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub async fn wait_for_applied(&self, id: u64, index: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status(id).await
+                && s.applied_index >= index
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not apply index {index} within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A FleetService client for one address, or None when it cannot connect.
+pub async fn connect(address: &str) -> Option<FleetServiceClient<Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(500));
+    endpoint.connect().await.ok().map(FleetServiceClient::new)
+}
