@@ -70,7 +70,10 @@ impl NodeProcess {
             .arg(&self.data_dir)
             .args(start_args)
             .args(&self.extra_args)
-            .env("RUST_LOG", "info,openraft=warn,sled=warn,h2=warn,tower=warn")
+            .env(
+                "RUST_LOG",
+                "info,openraft=warn,sled=warn,h2=warn,tower=warn",
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
@@ -239,7 +242,10 @@ impl ProcessCluster {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "{count} voters not reached within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{count} voters not reached within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

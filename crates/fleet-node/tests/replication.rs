@@ -16,19 +16,33 @@ async fn write_all(address: &str, names: &[String]) -> (BTreeSet<String>, u64) {
     let mut acknowledged = BTreeSet::new();
     let mut max_index = 0;
     for name in names {
-        let index = register(&mut c, name, "oslo").await.expect("write acknowledged");
+        let index = register(&mut c, name, "oslo")
+            .await
+            .expect("write acknowledged");
         acknowledged.insert(name.clone());
         max_index = max_index.max(index);
     }
     (acknowledged, max_index)
 }
 
-async fn assert_node_has(cluster: &ProcessCluster, id: u64, index: u64, expected: &BTreeSet<String>) {
-    cluster.wait_for_applied(id, index, Duration::from_secs(20)).await;
+async fn assert_node_has(
+    cluster: &ProcessCluster,
+    id: u64,
+    index: u64,
+    expected: &BTreeSet<String>,
+) {
+    cluster
+        .wait_for_applied(id, index, Duration::from_secs(20))
+        .await;
     let mut c = client(&cluster.address(id)).await;
-    let present = cluster_names(&mut c, ReadConsistency::Stale).await.expect("stale read");
+    let present = cluster_names(&mut c, ReadConsistency::Stale)
+        .await
+        .expect("stale read");
     let missing: Vec<_> = expected.difference(&present).collect();
-    assert!(missing.is_empty(), "node {id} lacks acknowledged writes {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "node {id} lacks acknowledged writes {missing:?}"
+    );
 }
 
 fn names(prefix: &str, count: usize) -> Vec<String> {
@@ -36,31 +50,54 @@ fn names(prefix: &str, count: usize) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_writes_through_a_follower_survive_leader_sigkill_and_node_catches_up_by_log() {
+async fn acknowledged_writes_through_a_follower_survive_leader_sigkill_and_node_catches_up_by_log()
+{
     let mut cluster = ProcessCluster::start(3, &[]).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-    let follower = cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).unwrap();
-    add_site(&mut client(&cluster.address(follower)).await, "oslo").await.unwrap();
+    let follower = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader)
+        .unwrap();
+    add_site(&mut client(&cluster.address(follower)).await, "oslo")
+        .await
+        .unwrap();
     let (mut acknowledged, _) = write_all(&cluster.address(follower), &names("before", 30)).await;
 
     cluster.node(leader).kill();
     let killed_at = Instant::now();
     // Write through the survivors until one write is acknowledged.
-    let survivors: Vec<u64> = cluster.nodes.iter().map(|n| n.id).filter(|id| *id != leader).collect();
+    let survivors: Vec<u64> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|id| *id != leader)
+        .collect();
     let mut c = client(&cluster.address(follower)).await;
     let first_after = loop {
         match register(&mut c, "after-kill", "oslo").await {
             Ok(index) => break index,
             Err(status) => {
-                assert!(killed_at.elapsed() < Duration::from_secs(10), "no write after kill: {status}");
+                assert!(
+                    killed_at.elapsed() < Duration::from_secs(10),
+                    "no write after kill: {status}"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
     };
     let recovery = killed_at.elapsed();
-    assert!(recovery < Duration::from_secs(3), "writes resumed only after {recovery:?}");
+    assert!(
+        recovery < Duration::from_secs(3),
+        "writes resumed only after {recovery:?}"
+    );
     acknowledged.insert("after-kill".into());
-    let other = survivors.iter().copied().find(|id| *id != follower).unwrap();
+    let other = survivors
+        .iter()
+        .copied()
+        .find(|id| *id != follower)
+        .unwrap();
     let (more, index) = write_all(&cluster.address(other), &names("after", 30)).await;
     acknowledged.extend(more);
     let index = index.max(first_after);
@@ -72,19 +109,34 @@ async fn acknowledged_writes_through_a_follower_survive_leader_sigkill_and_node_
     cluster.node(leader).restart();
     assert_node_has(&cluster, leader, index, &acknowledged).await;
     let log = cluster.node(leader).log();
-    assert!(!log.contains("snapshot installed"), "expected catch-up by log, log:\n{log}");
+    assert!(
+        !log.contains("snapshot installed"),
+        "expected catch-up by log, log:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_node_catches_up_by_snapshot_after_log_compaction() {
     let mut cluster = ProcessCluster::start(
         3,
-        &["--snapshot-after-logs", "20", "--logs-kept-after-snapshot", "0"],
+        &[
+            "--snapshot-after-logs",
+            "20",
+            "--logs-kept-after-snapshot",
+            "0",
+        ],
     )
     .await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-    let lagging = cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).unwrap();
-    add_site(&mut client(&cluster.address(leader)).await, "oslo").await.unwrap();
+    let lagging = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader)
+        .unwrap();
+    add_site(&mut client(&cluster.address(leader)).await, "oslo")
+        .await
+        .unwrap();
     cluster.node(lagging).kill();
 
     let (acknowledged, index) = write_all(&cluster.address(leader), &names("compacted", 80)).await;
@@ -102,7 +154,10 @@ async fn killed_node_catches_up_by_snapshot_after_log_compaction() {
     cluster.node(lagging).restart();
     assert_node_has(&cluster, lagging, index, &acknowledged).await;
     let log = cluster.node(lagging).log();
-    assert!(log.contains("snapshot installed"), "expected catch-up by snapshot, log:\n{log}");
+    assert!(
+        log.contains("snapshot installed"),
+        "expected catch-up by snapshot, log:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +174,9 @@ async fn a_write_through_one_node_is_visible_to_an_immediate_linearizable_read_o
         let reader = (i + 1 + i / 3 % 2) % 3;
         assert_ne!(writer, reader);
         let name = format!("lin-{i}");
-        register(&mut clients[writer], &name, "oslo").await.expect("write");
+        register(&mut clients[writer], &name, "oslo")
+            .await
+            .expect("write");
         let seen = cluster_names(&mut clients[reader], ReadConsistency::Linearizable)
             .await
             .expect("linearizable read");

@@ -25,7 +25,9 @@ async fn all_acknowledged_writes_survive_sigkill_and_restart() {
             let mut done = Vec::new();
             for i in 0..25 {
                 let name = format!("w{w}-{i}");
-                register(&mut c, &name, "bergen").await.expect("acknowledged");
+                register(&mut c, &name, "bergen")
+                    .await
+                    .expect("acknowledged");
                 done.push(name);
             }
             done
@@ -40,9 +42,14 @@ async fn all_acknowledged_writes_survive_sigkill_and_restart() {
     cluster.node(1).restart();
     cluster.wait_for_leader(Duration::from_secs(20)).await;
     let mut c = client(&address).await;
-    let present = cluster_names(&mut c, ReadConsistency::Linearizable).await.unwrap();
+    let present = cluster_names(&mut c, ReadConsistency::Linearizable)
+        .await
+        .unwrap();
     let missing: Vec<_> = acknowledged.difference(&present).collect();
-    assert!(missing.is_empty(), "lost acknowledged writes after SIGKILL: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "lost acknowledged writes after SIGKILL: {missing:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,7 +60,10 @@ async fn sigterm_stops_the_node_cleanly_and_it_resumes_from_its_data_dir() {
     add_site(&mut c, "stavanger").await.unwrap();
     register(&mut c, "kept", "stavanger").await.unwrap();
 
-    let status = cluster.node(1).terminate(Duration::from_secs(10)).expect("exited after SIGTERM");
+    let status = cluster
+        .node(1)
+        .terminate(Duration::from_secs(10))
+        .expect("exited after SIGTERM");
     assert!(status.success(), "SIGTERM exit status: {status:?}");
     let log = cluster.node(1).log();
     assert!(log.contains("stopped"), "no clean stop in the log:\n{log}");
@@ -61,6 +71,8 @@ async fn sigterm_stops_the_node_cleanly_and_it_resumes_from_its_data_dir() {
     cluster.node(1).restart();
     cluster.wait_for_leader(Duration::from_secs(20)).await;
     let mut c = client(&address).await;
-    let present = cluster_names(&mut c, ReadConsistency::Linearizable).await.unwrap();
+    let present = cluster_names(&mut c, ReadConsistency::Linearizable)
+        .await
+        .unwrap();
     assert!(present.contains("kept"));
 }

@@ -19,9 +19,15 @@ pub async fn client(address: &str) -> FleetServiceClient<Channel> {
     panic!("cannot connect to {address}");
 }
 
-pub async fn add_site(client: &mut FleetServiceClient<Channel>, name: &str) -> Result<u64, tonic::Status> {
+pub async fn add_site(
+    client: &mut FleetServiceClient<Channel>,
+    name: &str,
+) -> Result<u64, tonic::Status> {
     client
-        .add_site(AddSiteRequest { name: name.into(), reason: String::new() })
+        .add_site(AddSiteRequest {
+            name: name.into(),
+            reason: String::new(),
+        })
         .await
         .map(|r| r.into_inner().result.unwrap().log_index)
 }
@@ -50,7 +56,14 @@ pub async fn cluster_names(
     consistency: ReadConsistency,
 ) -> Result<BTreeSet<String>, tonic::Status> {
     let reply = client
-        .list_clusters(ListClustersRequest { consistency: consistency as i32 })
+        .list_clusters(ListClustersRequest {
+            consistency: consistency as i32,
+        })
         .await?;
-    Ok(reply.into_inner().clusters.into_iter().map(|c| c.name).collect())
+    Ok(reply
+        .into_inner()
+        .clusters
+        .into_iter()
+        .map(|c| c.name)
+        .collect())
 }

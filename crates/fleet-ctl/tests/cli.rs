@@ -1,0 +1,211 @@
+//! The real `fleet-ctl` binary against real coordinator processes.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use fleet_node::testing::{ProcessCluster, free_port};
+use serde_json::Value;
+
+fn ctl(endpoints: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fleet-ctl"))
+        .arg("--endpoints")
+        .arg(endpoints)
+        .args(args)
+        .env_remove("FLEET_ENDPOINTS")
+        .output()
+        .expect("run fleet-ctl")
+}
+
+fn ok_json(endpoints: &str, args: &[&str]) -> Value {
+    let out = ctl(endpoints, &[args, &["-o", "json"]].concat());
+    assert!(
+        out.status.success(),
+        "fleet-ctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json on stdout")
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.no")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.no")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_registers_publishes_by_ref_and_reports_status_as_json() {
+    let cluster = ProcessCluster::start(1, &[]).await;
+    let ep = cluster.endpoints();
+    ok_json(
+        &ep,
+        &[
+            "site", "add", "oslo", "--as", "alice", "--reason", "new site",
+        ],
+    );
+    ok_json(
+        &ep,
+        &[
+            "cluster", "register", "web-1", "--site", "oslo", "--env", "staging", "--label",
+            "tier=web",
+        ],
+    );
+    ok_json(
+        &ep,
+        &[
+            "cluster",
+            "register",
+            "web-2",
+            "--site",
+            "oslo",
+            "--env",
+            "production",
+        ],
+    );
+
+    let clusters = ok_json(&ep, &["cluster", "list"]);
+    assert_eq!(clusters["clusters"][0]["name"], "web-1");
+    assert_eq!(clusters["clusters"][0]["labels"]["tier"], "web");
+    assert_eq!(clusters["clusters"][1]["environment"], "production");
+
+    // A Git repository made by the test; the ref is resolved locally to the full SHA.
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    std::fs::create_dir_all(repo.path().join("overlays/staging")).unwrap();
+    std::fs::write(
+        repo.path().join("overlays/staging/app.yaml"),
+        "kind: ConfigMap\n",
+    )
+    .unwrap();
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-q", "-m", "first"]);
+    let head = git(repo.path(), &["rev-parse", "HEAD"]);
+    let url = format!("file://{}", repo.path().display());
+    ok_json(
+        &ep,
+        &[
+            "workload",
+            "create",
+            "web",
+            "--repo",
+            &url,
+            "--path",
+            "overlays/{environment}",
+        ],
+    );
+    let published = ok_json(
+        &ep,
+        &[
+            "release",
+            "publish",
+            "web",
+            "main",
+            "--repo",
+            repo.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(published["revision"], head.as_str());
+    assert_eq!(published["environment"], "staging");
+    assert_eq!(published["clusters"], serde_json::json!(["web-1"]));
+
+    let status = ok_json(&ep, &["status"]);
+    let rows = status["clusters"].as_array().unwrap();
+    let web1 = rows.iter().find(|r| r["cluster"] == "web-1").unwrap();
+    assert_eq!(web1["desired_revision"], head.as_str());
+    let web2 = rows.iter().find(|r| r["cluster"] == "web-2").unwrap();
+    assert!(
+        web2["desired_revision"].is_null(),
+        "production got a staging release: {web2}"
+    );
+
+    let described = ok_json(&ep, &["cluster", "describe", "web-1"]);
+    assert_eq!(described["assignments"][0]["path"], "overlays/staging");
+
+    let table = ctl(&ep, &["status"]);
+    assert!(table.status.success());
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.starts_with("CLUSTER"), "{text}");
+    assert!(text.contains(&head), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_errors_carry_a_hint_and_an_exit_code_scripts_can_trust() {
+    let cluster = ProcessCluster::start(1, &[]).await;
+    let ep = cluster.endpoints();
+
+    let out = ctl(
+        &ep,
+        &[
+            "cluster", "register", "web-1", "--site", "nowhere", "--env", "staging",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "unknown site is NOT_FOUND");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: site \"nowhere\" not found"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint: add it first"), "{stderr}");
+    assert!(out.stdout.is_empty(), "errors go to stderr only");
+
+    ok_json(&ep, &["site", "add", "oslo"]);
+    let out = ctl(&ep, &["site", "add", "oslo"]);
+    assert_eq!(out.status.code(), Some(4), "duplicate is ALREADY_EXISTS");
+
+    let out = ctl(&ep, &["release", "publish", "web", "not-a-sha"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "malformed SHA is INVALID_ARGUMENT"
+    );
+
+    let dead = format!("127.0.0.1:{}", free_port());
+    let out = ctl(&dead, &["status"]);
+    assert_eq!(out.status.code(), Some(5), "nothing reachable");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hint: check --endpoints"));
+
+    // Failover: a dead endpoint first in the list is skipped.
+    let both = format!("{dead},{ep}");
+    let sites = ok_json(&both, &["site", "list"]);
+    assert_eq!(sites["sites"][0]["name"], "oslo");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_coordinator_status_names_the_leader_and_fails_over_when_it_is_killed() {
+    let mut cluster = ProcessCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let status = ok_json(&cluster.endpoints(), &["coordinator", "status"]);
+    assert_eq!(status["leader_id"], leader);
+    assert_eq!(status["members"].as_array().unwrap().len(), 3);
+    assert!(status["term"].as_u64().unwrap() >= 1);
+
+    // The killed leader is first in the list; fleet-ctl moves on and the write succeeds.
+    let mut endpoints = vec![cluster.address(leader)];
+    endpoints.extend(
+        cluster
+            .nodes
+            .iter()
+            .filter(|n| n.id != leader)
+            .map(|n| n.address.clone()),
+    );
+    let endpoints = endpoints.join(",");
+    cluster.node(leader).kill();
+    ok_json(&endpoints, &["site", "add", "bergen"]);
+    let status = ok_json(&endpoints, &["coordinator", "status"]);
+    assert_ne!(status["leader_id"], leader);
+    let members = status["members"].as_array().unwrap();
+    let killed = members.iter().find(|m| m["id"] == leader).unwrap();
+    assert_eq!(killed["role"], "unreachable");
+}
