@@ -23,7 +23,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::error::NodeError;
 use crate::network::{MAX_RAFT_MESSAGE_BYTES, Peers, SNAPSHOT_CHUNK_BYTES};
@@ -418,9 +418,12 @@ where
         .add_service(service::fleet_server(coordinator.clone()))
         .add_service(service::agent_server(coordinator.clone()))
         .add_service(service::raft_server(coordinator.clone()))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = stop_rx.await;
-        });
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async {
+                let _ = stop_rx.await;
+            },
+        );
     let server = spawn_named("grpc-server", server);
     tracing::info!(
         node = config.id,

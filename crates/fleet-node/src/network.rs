@@ -85,6 +85,8 @@ fn transport_error<E: std::error::Error>(status: tonic::Status) -> RPCError<Node
     }
 }
 
+// The error type is openraft's RPCError, fixed by the RaftNetwork trait.
+#[allow(clippy::result_large_err)]
 fn decode_reply<T, E>(target: NodeId, payload: RaftPayload) -> RpcResult<T, E>
 where
     T: DeserializeOwned,

@@ -1,4 +1,5 @@
-//! Real coordinator processes for tests, chaos tests and benchmarks: spawned from the
+//! Real coordinator processes for tests, chaos tests and benchmarks (set `FLEET_NODE_LOG` to
+//! change their log filter): spawned from the
 //! `fleet-node` binary, each with its own data dir and log file, stopped by pid when dropped.
 
 use std::fs::File;
@@ -72,7 +73,8 @@ impl NodeProcess {
             .args(&self.extra_args)
             .env(
                 "RUST_LOG",
-                "info,openraft=warn,sled=warn,h2=warn,tower=warn",
+                std::env::var("FLEET_NODE_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn,sled=warn,h2=warn,tower=warn".into()),
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
@@ -202,6 +204,15 @@ impl ProcessCluster {
             .expect("no node with that id")
             .address
             .clone()
+    }
+
+    /// The ids of all nodes but `id`, in id order.
+    pub fn others(&self, id: u64) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|n| *n != id)
+            .collect()
     }
 
     /// The status one node reports, or None when it does not answer.

@@ -171,12 +171,7 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
 async fn bad_input_through_a_follower_is_refused_like_on_the_leader() {
     let cluster = ProcessCluster::start(3, &[]).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-    let follower = cluster
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.others(leader)[0];
     let mut c = client(&cluster.address(follower)).await;
     add_site(&mut c, "oslo").await.unwrap();
     register(&mut c, "web-1", "oslo").await.unwrap();

@@ -54,12 +54,7 @@ async fn acknowledged_writes_through_a_follower_survive_leader_sigkill_and_node_
 {
     let mut cluster = ProcessCluster::start(3, &[]).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-    let follower = cluster
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.others(leader)[0];
     add_site(&mut client(&cluster.address(follower)).await, "oslo")
         .await
         .unwrap();
@@ -68,12 +63,7 @@ async fn acknowledged_writes_through_a_follower_survive_leader_sigkill_and_node_
     cluster.node(leader).kill();
     let killed_at = Instant::now();
     // Write through the survivors until one write is acknowledged.
-    let survivors: Vec<u64> = cluster
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .filter(|id| *id != leader)
-        .collect();
+    let survivors: Vec<u64> = cluster.others(leader);
     let mut c = client(&cluster.address(follower)).await;
     let first_after = loop {
         match register(&mut c, "after-kill", "oslo").await {
@@ -128,12 +118,7 @@ async fn killed_node_catches_up_by_snapshot_after_log_compaction() {
     )
     .await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-    let lagging = cluster
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .find(|id| *id != leader)
-        .unwrap();
+    let lagging = cluster.others(leader)[0];
     add_site(&mut client(&cluster.address(leader)).await, "oslo")
         .await
         .unwrap();
