@@ -4,7 +4,8 @@
 //!
 //! Writes: any node accepts a write. The node that is not the leader forwards it, once per
 //! attempt, to the leader it knows over `RaftService.Propose`; the leader checks the command
-//! against its state, stamps the time, and proposes it. While there is no leader the write
+//! against its state, stamps the time, and hands it to the [`Batcher`], which packs concurrent
+//! commands into one log entry (group commit). While there is no leader the write
 //! waits up to [`LEADER_WAIT`] and is retried only when it surely was not delivered.
 //!
 //! Reads: linearizable reads take a read index from the leader (`ensure_linearizable` on the
@@ -19,12 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fleet_core::{Command, Context, CoreError, Outcome, State};
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+use crate::batcher::{BatchError, Batcher, MAX_ENTRIES_PER_APPEND};
 use crate::error::NodeError;
 use crate::network::{MAX_RAFT_MESSAGE_BYTES, Peers, SNAPSHOT_CHUNK_BYTES};
 use crate::proto::fleet_service_client::FleetServiceClient;
@@ -32,7 +33,7 @@ use crate::proto::{AddCoordinatorRequest, RaftPayload, ReadIndexRequest};
 use crate::service::{self, MAX_REQUEST_BYTES};
 use crate::store::{self, LogStore, SharedState, StateMachineStore};
 use crate::tasks::spawn_named;
-use crate::types::{NodeId, Proposal, Raft};
+use crate::types::{NodeId, ProposalItem, Raft};
 
 /// How long a request waits for a leader before it fails with UNAVAILABLE.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -81,8 +82,8 @@ impl CoordinatorConfig {
             data_dir,
             start,
             heartbeat_interval_ms: 100,
-            election_timeout_ms_min: 500,
-            election_timeout_ms_max: 1000,
+            election_timeout_ms_min: 400,
+            election_timeout_ms_max: 800,
             snapshot_after_logs: 10_000,
             logs_kept_after_snapshot: 1_000,
         }
@@ -113,6 +114,7 @@ pub struct Coordinator {
     pub raft: Raft,
     state: SharedState,
     peers: Peers,
+    batcher: Batcher,
 }
 
 impl Coordinator {
@@ -180,7 +182,7 @@ impl Coordinator {
         &self,
         write: &ForwardedWrite,
     ) -> Result<Result<(u64, Outcome), NodeError>, NotLeader> {
-        let proposal = Proposal {
+        let item = ProposalItem {
             command: write.command.clone(),
             context: Context {
                 now_ms: now_ms(),
@@ -189,19 +191,14 @@ impl Coordinator {
             },
         };
         // Refuse bad input before it reaches the log; apply checks again, deterministically.
-        if let Err(e) = self.read_state(|s| s.check(&proposal.command, &proposal.context)) {
+        if let Err(e) = self.read_state(|s| s.check(&item.command, &item.context)) {
             return Ok(Err(e.into()));
         }
-        match self.raft.client_write(proposal).await {
-            Ok(response) => Ok(match response.data.0 {
-                Some(Ok(outcome)) => Ok((response.log_id.index, outcome)),
-                Some(Err(refusal)) => Err(refusal.into()),
-                None => Err(NodeError::Raft(
-                    "a normal entry applied without result".into(),
-                )),
-            }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(NotLeader),
-            Err(e) => Ok(Err(NodeError::Raft(e.to_string()))),
+        match self.batcher.write(item).await {
+            Ok(applied) => Ok(Ok(applied)),
+            Err(BatchError::NotLeader) => Err(NotLeader),
+            Err(BatchError::Refused(refusal)) => Ok(Err(refusal.into())),
+            Err(BatchError::Raft(text)) => Ok(Err(NodeError::Raft(text))),
         }
     }
 
@@ -385,6 +382,7 @@ where
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_logs),
         max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
         snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        max_payload_entries: MAX_ENTRIES_PER_APPEND,
         ..Default::default()
     }
     .validate()
@@ -406,6 +404,7 @@ where
         raft: raft.clone(),
         state,
         peers,
+        batcher: Batcher::start(raft.clone()),
     });
 
     spawn_named("raft-fatal-watch", watch_for_fatal(raft.clone()));

@@ -5,6 +5,7 @@ pub mod proto {
     #![allow(clippy::all)]
     tonic::include_proto!("fleet.v1");
 }
+pub mod batcher;
 pub mod convert;
 pub mod coordinator;
 pub mod error;

@@ -58,10 +58,10 @@ struct Tuning {
     #[arg(long, default_value_t = 100)]
     heartbeat_interval_ms: u64,
     /// Lower bound of the randomized election timeout.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 400)]
     election_timeout_ms_min: u64,
     /// Upper bound of the randomized election timeout.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 800)]
     election_timeout_ms_max: u64,
     /// Build a snapshot after this many log entries since the last one.
     #[arg(long, default_value_t = 10_000)]

@@ -347,13 +347,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         for entry in entries {
             data.last_applied = Some(entry.log_id);
             let result = match entry.payload {
-                EntryPayload::Blank => None,
-                EntryPayload::Normal(proposal) => {
-                    Some(data.state.apply(&proposal.command, &proposal.context))
-                }
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(proposal) => proposal
+                    .items
+                    .iter()
+                    .map(|item| data.state.apply(&item.command, &item.context))
+                    .collect(),
                 EntryPayload::Membership(membership) => {
                     data.last_membership = StoredMembership::new(Some(entry.log_id), membership);
-                    None
+                    Vec::new()
                 }
             };
             results.push(ApplyResult(result));

@@ -23,13 +23,21 @@ pub type LogId = openraft::LogId<NodeId>;
 pub type StorageError = openraft::StorageError<NodeId>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
 
-/// One log entry's payload: a command with the context the proposing node chose for it.
+/// One log entry's payload: commands proposed together (group commit), each with the context
+/// the leader chose for it. They are applied in order, each refused or applied on its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
+    pub items: Vec<ProposalItem>,
+}
+
+/// One command of a [`Proposal`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalItem {
     pub command: Command,
     pub context: Context,
 }
 
-/// What applying one entry gave. `None` for blank and membership entries.
+/// What applying one entry gave: one result per item of its [`Proposal`]; empty for blank
+/// and membership entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApplyResult(pub Option<Result<Outcome, CoreError>>);
+pub struct ApplyResult(pub Vec<Result<Outcome, CoreError>>);

@@ -188,3 +188,34 @@ async fn bad_input_through_a_follower_is_refused_like_on_the_leader() {
     );
     assert_eq!(snapshot(&mut c).await, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicate_registrations_admit_exactly_one() {
+    let cluster = ProcessCluster::start(1, &[]).await;
+    let address = cluster.address(1);
+    add_site(&mut client(&address).await, "oslo").await.unwrap();
+    // Many writers at once, so that several of them share one log entry.
+    let mut writers = Vec::new();
+    for i in 0..32 {
+        let address = address.clone();
+        writers.push(tokio::spawn(async move {
+            let mut c = client(&address).await;
+            let unique = register(&mut c, &format!("unique-{i}"), "oslo").await;
+            let contended = register(&mut c, "contended", "oslo").await;
+            (unique.is_ok(), contended.map_err(|s| s.code()))
+        }));
+    }
+    let mut admitted = 0;
+    for writer in writers {
+        let (unique_ok, contended) = writer.await.unwrap();
+        assert!(unique_ok, "a unique registration was refused");
+        match contended {
+            Ok(_) => admitted += 1,
+            Err(code) => assert_eq!(code, Code::AlreadyExists),
+        }
+    }
+    assert_eq!(
+        admitted, 1,
+        "exactly one registration of the same name is admitted"
+    );
+}

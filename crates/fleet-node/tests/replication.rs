@@ -78,6 +78,7 @@ async fn acknowledged_writes_through_a_follower_survive_leader_sigkill_and_node_
         }
     };
     let recovery = killed_at.elapsed();
+    eprintln!("writes resumed {recovery:?} after SIGKILL of leader {leader}");
     assert!(
         recovery < Duration::from_secs(3),
         "writes resumed only after {recovery:?}"

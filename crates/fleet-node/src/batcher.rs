@@ -1,0 +1,136 @@
+//! Group commit above openraft. openraft 0.9 appends and flushes each client write on its own
+//! (its core loop awaits the flush of one entry before it takes the next), so the leader packs
+//! the commands that arrive while earlier entries are being persisted into one log entry.
+//!
+//! The `write-batcher` task takes an in-flight permit first and only then drains the queue:
+//! while [`MAX_ENTRIES_IN_FLIGHT`] entries are being written and replicated, new commands wait
+//! and go out together in the next entry. A lone command goes out at once.
+
+use std::sync::Arc;
+
+use fleet_core::{CoreError, Outcome};
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::tasks::spawn_named;
+use crate::types::{Proposal, ProposalItem, Raft};
+
+/// Most commands in one log entry.
+pub const MAX_COMMANDS_PER_ENTRY: usize = 256;
+/// Most bytes (JSON) of the commands in one log entry. With openraft's `max_payload_entries`
+/// set to [`MAX_ENTRIES_PER_APPEND`], one AppendEntries message stays under the Raft transport's
+/// 64 MiB limit.
+pub const MAX_ENTRY_BYTES: usize = 2 * 1024 * 1024;
+/// Most log entries sent in one AppendEntries call.
+pub const MAX_ENTRIES_PER_APPEND: u64 = 16;
+/// Most entries proposed and not yet applied at once.
+pub const MAX_ENTRIES_IN_FLIGHT: usize = 2;
+/// Most commands waiting for an entry; writers beyond it wait for room.
+pub const MAX_QUEUED_COMMANDS: usize = 4096;
+
+/// Why a batched write did not apply.
+#[derive(Debug)]
+pub enum BatchError {
+    /// This node is not the leader; the entry was not appended.
+    NotLeader,
+    /// The command was applied and refused by the domain.
+    Refused(CoreError),
+    /// Raft failed the entry.
+    Raft(String),
+}
+
+type Reply = oneshot::Sender<Result<(u64, Outcome), BatchError>>;
+
+struct Queued {
+    item: ProposalItem,
+    bytes: usize,
+    reply: Reply,
+}
+
+/// The handle writers use to enqueue commands on the leader.
+#[derive(Clone)]
+pub struct Batcher {
+    queue: mpsc::Sender<Queued>,
+}
+
+impl Batcher {
+    /// Starts the `write-batcher` task for `raft`.
+    pub fn start(raft: Raft) -> Self {
+        let (queue, pending) = mpsc::channel(MAX_QUEUED_COMMANDS);
+        spawn_named("write-batcher", run(raft, pending));
+        Batcher { queue }
+    }
+
+    /// Proposes one command and waits until its entry is applied.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not withdraw the command: once queued it is proposed, and its
+    /// result is discarded.
+    pub async fn write(&self, item: ProposalItem) -> Result<(u64, Outcome), BatchError> {
+        let bytes = serde_json::to_vec(&item).map_or(0, |b| b.len());
+        let (reply, result) = oneshot::channel();
+        self.queue
+            .send(Queued { item, bytes, reply })
+            .await
+            .map_err(|_| BatchError::Raft("the write batcher has stopped".into()))?;
+        result
+            .await
+            .map_err(|_| BatchError::Raft("the write batcher dropped the command".into()))?
+    }
+}
+
+/// # Cancel safety
+/// Runs until every [`Batcher`] is dropped.
+async fn run(raft: Raft, mut pending: mpsc::Receiver<Queued>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
+    loop {
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let Some(first) = pending.recv().await else {
+            return;
+        };
+        let mut bytes = first.bytes;
+        let mut batch = vec![first];
+        while batch.len() < MAX_COMMANDS_PER_ENTRY && bytes < MAX_ENTRY_BYTES {
+            match pending.try_recv() {
+                Ok(next) => {
+                    bytes += next.bytes;
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        spawn_named("write-entry", async move {
+            let (items, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|q| (q.item, q.reply)).unzip();
+            let commands = items.len();
+            let result = raft.client_write(Proposal { items }).await;
+            drop(permit);
+            match result {
+                Ok(response) => {
+                    let index = response.log_id.index;
+                    let results = response.data.0;
+                    assert_eq!(results.len(), commands, "one result per command");
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(result.map(|o| (index, o)).map_err(BatchError::Refused));
+                    }
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(BatchError::NotLeader));
+                    }
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    for reply in replies {
+                        let _ = reply.send(Err(BatchError::Raft(text.clone())));
+                    }
+                }
+            }
+        });
+    }
+}
