@@ -198,7 +198,8 @@ impl Coordinator {
             Ok(applied) => Ok(Ok(applied)),
             Err(BatchError::NotLeader) => Err(NotLeader),
             Err(BatchError::Refused(refusal)) => Ok(Err(refusal.into())),
-            Err(BatchError::Raft(text)) => Ok(Err(NodeError::Raft(text))),
+            // The entry may have been appended: never report this as safe to retry.
+            Err(BatchError::Raft(detail)) => Ok(Err(NodeError::OutcomeUnknown { detail })),
         }
     }
 
