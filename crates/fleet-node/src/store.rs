@@ -26,7 +26,7 @@ use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fleet_core::State;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -44,6 +44,17 @@ pub const EXIT_STORAGE_FAILURE: i32 = 74;
 
 /// Most append callbacks waiting for one flush; appends beyond it wait for room.
 pub const MAX_PENDING_FLUSHES: usize = 4096;
+
+/// Flushes (fsyncs) the database on this thread, through the failpoint `point` (`log-flush` or
+/// `vote-flush`): `sleep(MS)` slows the flush, `return` fails it. Returns how long it took.
+pub fn flush_blocking(db: &sled::Db, point: &str) -> std::io::Result<Duration> {
+    let started = Instant::now();
+    fail::fail_point!(point, |_| Err(std::io::Error::other(format!(
+        "injected failure at failpoint {point}"
+    ))));
+    db.flush().map_err(std::io::Error::other)?;
+    Ok(started.elapsed())
+}
 
 /// Logs a storage failure and stops the process. A node that cannot persist must not go on.
 pub fn fail_stop(what: &str, error: &dyn std::fmt::Display) -> ! {
@@ -86,8 +97,8 @@ impl LogStore {
         })
     }
 
-    fn flush(&self, what: &str) {
-        if let Err(e) = self.db.flush() {
+    fn flush(&self, what: &str, point: &str) {
+        if let Err(e) = flush_blocking(&self.db, point) {
             fail_stop(what, &e);
         }
     }
@@ -108,13 +119,14 @@ impl LogStore {
 async fn flusher(db: sled::Db, mut pending: mpsc::Receiver<LogFlushed<TypeConfig>>) {
     let mut batch = Vec::new();
     while pending.recv_many(&mut batch, MAX_PENDING_FLUSHES).await > 0 {
-        let started = Instant::now();
-        if let Err(e) = db.flush_async().await {
-            fail_stop("flush log", &e);
-        }
+        let flushing = db.clone();
+        let flushed = tokio::task::spawn_blocking(move || flush_blocking(&flushing, "log-flush"))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let took = flushed.unwrap_or_else(|e| fail_stop("flush log", &e));
         tracing::trace!(
             entries = batch.len(),
-            flush_us = started.elapsed().as_micros() as u64,
+            flush_us = took.as_micros() as u64,
             "log flushed"
         );
         for callback in batch.drain(..) {
@@ -173,7 +185,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Err(e) = self.meta.insert("vote", encode(vote)) {
             fail_stop("write vote", &e);
         }
-        self.flush("flush vote");
+        self.flush("flush vote", "vote-flush");
         Ok(())
     }
 
@@ -229,7 +241,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Err(e) = self.log.apply_batch(batch) {
             fail_stop("truncate log", &e);
         }
-        self.flush("flush truncate");
+        self.flush("flush truncate", "log-flush");
         Ok(())
     }
 
@@ -245,7 +257,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Err(e) = self.log.apply_batch(batch) {
             fail_stop("purge log", &e);
         }
-        self.flush("flush purge");
+        self.flush("flush purge", "log-flush");
         Ok(())
     }
 }
@@ -295,7 +307,7 @@ impl StateMachineStore {
         if let Err(e) = self.snapshot.apply_batch(batch) {
             fail_stop("write snapshot", &e);
         }
-        if let Err(e) = self.db.flush() {
+        if let Err(e) = flush_blocking(&self.db, "log-flush") {
             fail_stop("flush snapshot", &e);
         }
     }

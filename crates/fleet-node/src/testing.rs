@@ -53,6 +53,8 @@ pub struct NodeProcess {
     pub log_path: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Extra environment for the next start, e.g. FAILPOINTS.
+    env: Vec<(String, String)>,
     binary: PathBuf,
     /// How many times this node was started (log files are numbered by it).
     starts: u32,
@@ -71,6 +73,7 @@ impl NodeProcess {
             .arg(&self.data_dir)
             .args(start_args)
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "RUST_LOG",
                 std::env::var("FLEET_NODE_LOG")
@@ -118,8 +121,24 @@ impl NodeProcess {
 
     /// Starts the node again from its data dir (neither --bootstrap nor --join).
     pub fn restart(&mut self) {
+        self.restart_with_env(&[]);
+    }
+
+    /// Starts the node again with extra environment (e.g. `FAILPOINTS`) for this start only.
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "node {} is still running", self.id);
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         self.spawn(&[]);
+    }
+
+    /// The exit status if the process has exited (reaped), without waiting.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
     }
 
     /// The text the node has logged since its last start.
@@ -162,6 +181,7 @@ impl ProcessCluster {
                 log_path: PathBuf::new(),
                 child: None,
                 extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+                env: Vec::new(),
                 binary: binary.clone(),
                 starts: 0,
             };
