@@ -82,6 +82,19 @@ enum Cmd {
     Release(ReleaseCmd),
     /// Per cluster: site, environment and desired revision.
     Status,
+    /// Measure a directory's disk as etcd's fio check does: 2300-byte writes, each followed by
+    /// fdatasync, over 22 MiB. Runs locally; talks to no coordinator.
+    DiskBench {
+        /// Directory to measure (use the coordinator's data dir filesystem).
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Bytes to write: a number with an optional k, m, g (KiB, MiB, GiB) suffix.
+        #[arg(long, default_value = "22MiB", value_parser = parse_size)]
+        size: u64,
+        /// Bytes per write.
+        #[arg(long, default_value_t = fleet_node::disk::ETCD_BLOCK_SIZE)]
+        block_size: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -161,6 +174,31 @@ enum ReleaseCmd {
     },
 }
 
+/// `22MiB`, `22m`, `22M`, `4k`, `1GiB` or plain bytes; suffixes are powers of 1024, as fio's.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} does not start with a number"))?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?}; use k, m or g (KiB, MiB, GiB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(1 << shift)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is not a positive size"))
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -215,6 +253,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Duration::from_secs(cli.timeout_s),
     );
     let json = cli.output == Format::Json;
+    if let Cmd::DiskBench {
+        dir,
+        size,
+        block_size,
+    } = &cli.command
+    {
+        return disk_bench(dir, *size, *block_size, json);
+    }
     let reason = cli.reason.clone();
     let c = consistency(&cli);
     match cli.command {
@@ -483,6 +529,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             emit(json, t, json!({ "releases": items }))
         }
+        Cmd::DiskBench { .. } => unreachable!("handled before connecting"),
         Cmd::Status => {
             let r = client
                 .fleet(|mut f, req: Req| {
@@ -592,6 +639,91 @@ async fn coordinator_status(client: &Client, json: bool) -> anyhow::Result<()> {
             None => eprintln!("no leader (as seen by node {})", view.node_id),
         }
         t.print();
+    }
+    Ok(())
+}
+
+/// `disk-bench`: one run of the fio etcd check, printed like fio, with the verdict.
+fn disk_bench(
+    dir: &std::path::Path,
+    size: u64,
+    block_size: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    use fleet_node::disk::{FDATASYNC_P99_LIMIT, run_fdatasync_pattern};
+    if block_size == 0 || block_size as u64 > size {
+        return Err(anyhow!(
+            "invalid --block-size {block_size}: must be between 1 and --size ({size})"
+        ));
+    }
+    if !json {
+        eprintln!(
+            "disk-bench: {} writes of {block_size} bytes, each followed by fdatasync, in {}",
+            size / block_size as u64,
+            dir.display()
+        );
+    }
+    let run = run_fdatasync_pattern(dir, size, block_size)
+        .with_context(|| format!("run the fdatasync pattern in {}", dir.display()))?;
+    let h = &run.fdatasync_us;
+    let q = |p: f64| h.value_at_quantile(p);
+    let verdict = if run.meets_etcd_rule() {
+        "ok"
+    } else {
+        "too_slow"
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "writes": run.writes,
+                "block_size": run.block_size,
+                "size_bytes": run.size_bytes,
+                "elapsed_s": run.elapsed.as_secs_f64(),
+                "fdatasync_min_us": h.min(),
+                "fdatasync_mean_us": h.mean(),
+                "fdatasync_p50_us": q(0.5),
+                "fdatasync_p90_us": q(0.9),
+                "fdatasync_p99_us": q(0.99),
+                "fdatasync_p999_us": q(0.999),
+                "fdatasync_max_us": h.max(),
+                "p99_limit_us": FDATASYNC_P99_LIMIT.as_micros() as u64,
+                "verdict": verdict,
+            }))?
+        );
+    } else {
+        println!(
+            "  write: ios={}, size={} bytes, runtime={:.2}s, iops={:.0}",
+            run.writes,
+            run.size_bytes,
+            run.elapsed.as_secs_f64(),
+            run.writes as f64 / run.elapsed.as_secs_f64()
+        );
+        println!(
+            "  fdatasync (usec): min={}, max={}, avg={:.2}, stdev={:.2}",
+            h.min(),
+            h.max(),
+            h.mean(),
+            h.stdev()
+        );
+        println!(
+            "  fdatasync percentiles (usec): 50.00th=[{}], 90.00th=[{}], 99.00th=[{}], 99.90th=[{}]",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(0.999)
+        );
+        if run.meets_etcd_rule() {
+            println!(
+                "  verdict: ok, fdatasync p99 {} us is under the 10 ms etcd requires",
+                q(0.99)
+            );
+        } else {
+            println!(
+                "  verdict: too slow, fdatasync p99 {} us is over the 10 ms etcd requires",
+                q(0.99)
+            );
+        }
     }
     Ok(())
 }

@@ -209,3 +209,52 @@ async fn ctl_coordinator_status_names_the_leader_and_fails_over_when_it_is_kille
     let killed = members.iter().find(|m| m["id"] == leader).unwrap();
     assert_eq!(killed["role"], "unreachable");
 }
+
+#[test]
+fn ctl_disk_bench_reports_fdatasync_percentiles_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fleet-ctl"))
+        .args([
+            "disk-bench",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--size",
+            "256k",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["writes"], 256 * 1024 / 2300);
+    let p50 = v["fdatasync_p50_us"].as_u64().unwrap();
+    let p99 = v["fdatasync_p99_us"].as_u64().unwrap();
+    let max = v["fdatasync_max_us"].as_u64().unwrap();
+    assert!(p50 > 0 && p50 <= p99 && p99 <= max, "{v}");
+    assert!(v["verdict"] == "ok" || v["verdict"] == "too_slow");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "the bench file is removed"
+    );
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_fleet-ctl"))
+        .args([
+            "disk-bench",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--size",
+            "1k",
+            "--block-size",
+            "4096",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--block-size"));
+}

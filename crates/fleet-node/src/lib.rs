@@ -8,6 +8,7 @@ pub mod proto {
 pub mod batcher;
 pub mod convert;
 pub mod coordinator;
+pub mod disk;
 pub mod error;
 pub mod network;
 pub mod service;
