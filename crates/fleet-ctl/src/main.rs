@@ -101,6 +101,8 @@ enum Cmd {
 enum CoordinatorCmd {
     /// Members, leader id, term and indexes, one row per member.
     Status,
+    /// Each node's disk as it measures itself, with the verdict against etcd's 10 ms p99 rule.
+    Disk,
     /// Add a node as a voter (it must be running, started without --bootstrap).
     Add {
         #[arg(long)]
@@ -265,6 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let c = consistency(&cli);
     match cli.command {
         Cmd::Coordinator(CoordinatorCmd::Status) => coordinator_status(&client, json).await,
+        Cmd::Coordinator(CoordinatorCmd::Disk) => coordinator_disk(&client, json).await,
         Cmd::Coordinator(CoordinatorCmd::Add { id, address }) => {
             let r = client
                 .fleet(|mut f, req: Req| {
@@ -641,6 +644,82 @@ async fn coordinator_status(client: &Client, json: bool) -> anyhow::Result<()> {
         t.print();
     }
     Ok(())
+}
+
+/// `coordinator disk`: one row per member, from the member itself.
+async fn coordinator_disk(client: &Client, json: bool) -> anyhow::Result<()> {
+    let view = client
+        .fleet(|mut f, req: Req| {
+            let request = req.wrap(GetCoordinatorStatusRequest {});
+            async move { f.get_coordinator_status(request).await }
+        })
+        .await?;
+    let mut t = Table::new(&[
+        "ID",
+        "ADDRESS",
+        "PROBE P50",
+        "PROBE P99",
+        "PROBE P99.9",
+        "PROBE MAX",
+        "PROBE P99 10M",
+        "FLUSH P99",
+        "FLUSH P99 10M",
+        "VERDICT",
+    ]);
+    let mut rows = Vec::new();
+    for m in &view.members {
+        let disk = client.status_of(&m.address).await.and_then(|s| s.disk);
+        let Some(d) = disk else {
+            t.row(vec![
+                m.id.to_string(),
+                m.address.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "unreachable".into(),
+            ]);
+            rows.push(json!({"id": m.id, "address": m.address, "verdict": "unreachable"}));
+            continue;
+        };
+        let s = |x: &Option<LatencySummary>| x.unwrap_or_default();
+        let (p1, p10, f1, f10) = (
+            s(&d.probe_fdatasync_1m),
+            s(&d.probe_fdatasync_10m),
+            s(&d.log_flush_1m),
+            s(&d.log_flush_10m),
+        );
+        let ms = |l: &LatencySummary, v: u64| {
+            if l.count == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.2}ms", v as f64 / 1000.0)
+            }
+        };
+        let verdict = if d.healthy { "ok" } else { "too_slow" };
+        t.row(vec![
+            m.id.to_string(),
+            m.address.clone(),
+            ms(&p1, p1.p50_us),
+            ms(&p1, p1.p99_us),
+            ms(&p1, p1.p999_us),
+            ms(&p1, p1.max_us),
+            ms(&p10, p10.p99_us),
+            ms(&f1, f1.p99_us),
+            ms(&f10, f10.p99_us),
+            verdict.into(),
+        ]);
+        let summary = |l: &LatencySummary| json!({"count": l.count, "p50_us": l.p50_us, "p99_us": l.p99_us, "p999_us": l.p999_us, "max_us": l.max_us});
+        rows.push(json!({
+            "id": m.id, "address": m.address, "verdict": verdict, "p99_limit_us": d.p99_limit_us,
+            "probe_fdatasync_1m": summary(&p1), "probe_fdatasync_10m": summary(&p10),
+            "log_flush_1m": summary(&f1), "log_flush_10m": summary(&f10),
+        }));
+    }
+    emit(json, t, json!({ "nodes": rows }))
 }
 
 /// `disk-bench`: one run of the fio etcd check, printed like fio, with the verdict.

@@ -258,3 +258,51 @@ fn ctl_disk_bench_reports_fdatasync_percentiles_and_leaves_no_file() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--block-size"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_coordinator_disk_shows_each_nodes_probe_and_verdict() {
+    let cluster = ProcessCluster::start(
+        3,
+        &[
+            "--disk-probe-interval-ms",
+            "100",
+            "--disk-probe-writes",
+            "5",
+        ],
+    )
+    .await;
+    let ep = cluster.endpoints();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let nodes = loop {
+        let v = ok_json(&ep, &["coordinator", "disk"]);
+        let nodes = v["nodes"].as_array().unwrap().clone();
+        if nodes
+            .iter()
+            .all(|n| n["probe_fdatasync_1m"]["count"].as_u64().unwrap_or(0) >= 10)
+        {
+            break nodes;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no probe samples: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(nodes.len(), 3);
+    for n in &nodes {
+        assert!(n["verdict"] == "ok" || n["verdict"] == "too_slow", "{n}");
+        assert_eq!(n["p99_limit_us"], 10_000);
+        let p = &n["probe_fdatasync_1m"];
+        assert!(
+            p["p50_us"].as_u64().unwrap() <= p["p99_us"].as_u64().unwrap(),
+            "{n}"
+        );
+    }
+    let table = ctl(&ep, &["coordinator", "disk"]);
+    assert!(table.status.success());
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        text.starts_with("ID") && text.contains("PROBE P99") && text.lines().count() == 4,
+        "{text}"
+    );
+}

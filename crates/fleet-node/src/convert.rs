@@ -161,6 +161,27 @@ pub fn status_row(r: &StatusRow) -> proto::StatusRow {
     }
 }
 
+fn latency(s: &crate::health::LatencySummary) -> Option<proto::LatencySummary> {
+    Some(proto::LatencySummary {
+        count: s.count,
+        p50_us: s.p50_us,
+        p99_us: s.p99_us,
+        p999_us: s.p999_us,
+        max_us: s.max_us,
+    })
+}
+
+pub fn disk_health(r: &crate::health::DiskReport) -> Option<proto::DiskHealth> {
+    Some(proto::DiskHealth {
+        probe_fdatasync_1m: latency(&r.probe_short),
+        probe_fdatasync_10m: latency(&r.probe_long),
+        log_flush_1m: latency(&r.flush_short),
+        log_flush_10m: latency(&r.flush_long),
+        p99_limit_us: crate::disk::FDATASYNC_P99_LIMIT.as_micros() as u64,
+        healthy: r.healthy(),
+    })
+}
+
 pub fn write_result(log_index: u64) -> Option<proto::WriteResult> {
     Some(proto::WriteResult { log_index })
 }

@@ -27,6 +27,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::batcher::{BatchError, Batcher, MAX_ENTRIES_PER_APPEND};
 use crate::error::NodeError;
+use crate::health::{DiskHealth, ProbeConfig, run_probe};
 use crate::network::{MAX_RAFT_MESSAGE_BYTES, Peers, SNAPSHOT_CHUNK_BYTES};
 use crate::proto::fleet_service_client::FleetServiceClient;
 use crate::proto::{AddCoordinatorRequest, RaftPayload, ReadIndexRequest};
@@ -41,6 +42,8 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 const LEADER_POLL: Duration = Duration::from_millis(50);
 /// How many times a joining node asks to be added before it gives up.
 pub const MAX_JOIN_ATTEMPTS: u32 = 240;
+/// How often gauges are refreshed.
+const METRICS_PERIOD: Duration = Duration::from_secs(2);
 /// Exit code of a node whose Raft core stopped with a fatal error.
 pub const EXIT_RAFT_FATAL: i32 = 75;
 
@@ -71,6 +74,12 @@ pub struct CoordinatorConfig {
     pub snapshot_after_logs: u64,
     /// Log entries kept behind a snapshot for slow followers.
     pub logs_kept_after_snapshot: u64,
+    /// Time between disk probe bursts; zero turns the probe off.
+    pub disk_probe_interval: Duration,
+    /// fdatasyncs per probe burst.
+    pub disk_probe_writes: u32,
+    /// Serve Prometheus metrics here.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl CoordinatorConfig {
@@ -86,6 +95,9 @@ impl CoordinatorConfig {
             election_timeout_ms_max: 800,
             snapshot_after_logs: 10_000,
             logs_kept_after_snapshot: 1_000,
+            disk_probe_interval: Duration::from_secs(10),
+            disk_probe_writes: 20,
+            metrics_listen: None,
         }
     }
 }
@@ -115,6 +127,8 @@ pub struct Coordinator {
     state: SharedState,
     peers: Peers,
     batcher: Batcher,
+    /// This node's disk latencies: probe and log flushes.
+    pub health: Arc<DiskHealth>,
 }
 
 impl Coordinator {
@@ -370,7 +384,9 @@ where
     let db = store::open_db(&config.data_dir).map_err(|e| {
         NodeError::Startup(format!("open sled in {}: {e}", config.data_dir.display()))
     })?;
-    let log_store = LogStore::open(&db).map_err(|e| NodeError::Startup(e.to_string()))?;
+    let health = Arc::new(DiskHealth::default());
+    let log_store =
+        LogStore::open(&db, health.clone()).map_err(|e| NodeError::Startup(e.to_string()))?;
     let state_machine =
         StateMachineStore::open(&db).map_err(|e| NodeError::Startup(e.to_string()))?;
     let state = state_machine.shared();
@@ -406,7 +422,24 @@ where
         state,
         peers,
         batcher: Batcher::start(raft.clone()),
+        health: health.clone(),
     });
+
+    if let Some(listen) = config.metrics_listen {
+        crate::metrics::install(listen).map_err(NodeError::Startup)?;
+    }
+    spawn_named(
+        "disk-probe",
+        run_probe(
+            ProbeConfig {
+                data_dir: config.data_dir.clone(),
+                interval: config.disk_probe_interval,
+                writes_per_burst: config.disk_probe_writes,
+            },
+            health.clone(),
+        ),
+    );
+    spawn_named("metrics-publisher", publish_metrics(raft.clone(), health));
 
     spawn_named("raft-fatal-watch", watch_for_fatal(raft.clone()));
 
@@ -471,6 +504,24 @@ where
     }
     tracing::info!(node = config.id, "stopped");
     Ok(())
+}
+
+/// Publishes disk and Raft gauges every [`METRICS_PERIOD`].
+///
+/// # Cancel safety
+/// Only reads; safe to drop.
+async fn publish_metrics(raft: Raft, health: Arc<DiskHealth>) {
+    let mut ticker = tokio::time::interval(METRICS_PERIOD);
+    loop {
+        ticker.tick().await;
+        let m = raft.metrics().borrow().clone();
+        crate::metrics::publish_raft(
+            m.current_term,
+            m.last_applied.map_or(0, |l| l.index),
+            m.state == ServerState::Leader,
+        );
+        crate::metrics::publish_disk(&health.report());
+    }
 }
 
 /// Asks `member` (or the leader it points to) to add this node, until it succeeds.

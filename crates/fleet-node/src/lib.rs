@@ -10,6 +10,8 @@ pub mod convert;
 pub mod coordinator;
 pub mod disk;
 pub mod error;
+pub mod health;
+pub mod metrics;
 pub mod network;
 pub mod service;
 pub mod store;

@@ -69,6 +69,15 @@ struct Tuning {
     /// Log entries kept behind a snapshot for followers that lag a little.
     #[arg(long, default_value_t = 1_000)]
     logs_kept_after_snapshot: u64,
+    /// Time between bursts of the continuous disk probe; 0 turns it off.
+    #[arg(long, default_value_t = 10_000)]
+    disk_probe_interval_ms: u64,
+    /// 2300-byte write + fdatasync pairs per probe burst.
+    #[arg(long, default_value_t = 20)]
+    disk_probe_writes: u32,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -79,6 +88,9 @@ struct DemoArgs {
     /// Directory for the demo's data.
     #[arg(long, default_value = "fleet-data")]
     data_dir: PathBuf,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics.
+    #[arg(long, default_value = "127.0.0.1:9400")]
+    metrics_listen: SocketAddr,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,6 +114,7 @@ fn main() -> anyhow::Result<()> {
                 run_demo(DemoArgs {
                     listen: "127.0.0.1:7400".parse().expect("valid address"),
                     data_dir: "fleet-data".into(),
+                    metrics_listen: "127.0.0.1:9400".parse().expect("valid address"),
                 })
                 .await
             }
@@ -124,17 +137,24 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     config.election_timeout_ms_max = args.tuning.election_timeout_ms_max;
     config.snapshot_after_logs = args.tuning.snapshot_after_logs;
     config.logs_kept_after_snapshot = args.tuning.logs_kept_after_snapshot;
+    config.disk_probe_interval =
+        std::time::Duration::from_millis(args.tuning.disk_probe_interval_ms);
+    config.disk_probe_writes = args.tuning.disk_probe_writes;
+    config.metrics_listen = args.tuning.metrics_listen;
     coordinator::run(config, shutdown_signal(), |_| async { Ok(()) }).await?;
     Ok(())
 }
 
 async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
-    let config = CoordinatorConfig::new(1, args.listen, args.data_dir.clone(), Start::Bootstrap);
+    let mut config =
+        CoordinatorConfig::new(1, args.listen, args.data_dir.clone(), Start::Bootstrap);
+    config.metrics_listen = Some(args.metrics_listen);
+    let metrics = args.metrics_listen;
     let listen = args.listen;
     coordinator::run(config, shutdown_signal(), move |c| async move {
         seed_demo_fleet(&c).await?;
         eprintln!(
-            "fleet demo coordinator on {listen}, data in {}. Try: fleet-ctl --endpoints {listen} status",
+            "fleet demo coordinator on {listen}, data in {}, metrics on http://{metrics}/metrics. Try: fleet-ctl --endpoints {listen} status",
             args.data_dir.display()
         );
         Ok(())

@@ -288,6 +288,7 @@ impl FleetService for FleetApi {
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             role: Coordinator::role(m.state).to_string(),
             members,
+            disk: convert::disk_health(&self.0.health.report()),
         }))
     }
 

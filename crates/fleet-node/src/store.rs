@@ -36,6 +36,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::health::DiskHealth;
 use crate::tasks::spawn_named;
 use crate::types::{ApplyResult, LogId, NodeId, StorageError, StoredMembership, TypeConfig};
 
@@ -85,10 +86,11 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// Opens the log trees and starts the flusher task. Must run inside a tokio runtime.
-    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+    /// Opens the log trees and starts the flusher task, which records every flush's duration
+    /// in `health`. Must run inside a tokio runtime.
+    pub fn open(db: &sled::Db, health: Arc<DiskHealth>) -> Result<Self, sled::Error> {
         let (flushes, pending) = mpsc::channel(MAX_PENDING_FLUSHES);
-        spawn_named("log-flusher", flusher(db.clone(), pending));
+        spawn_named("log-flusher", flusher(db.clone(), pending, health));
         Ok(LogStore {
             db: db.clone(),
             log: db.open_tree("log")?,
@@ -116,7 +118,11 @@ impl LogStore {
 ///
 /// # Cancel safety
 /// Runs until every sender is dropped; it is never cancelled mid-flush.
-async fn flusher(db: sled::Db, mut pending: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+async fn flusher(
+    db: sled::Db,
+    mut pending: mpsc::Receiver<LogFlushed<TypeConfig>>,
+    health: Arc<DiskHealth>,
+) {
     let mut batch = Vec::new();
     while pending.recv_many(&mut batch, MAX_PENDING_FLUSHES).await > 0 {
         let flushing = db.clone();
@@ -124,6 +130,7 @@ async fn flusher(db: sled::Db, mut pending: mpsc::Receiver<LogFlushed<TypeConfig
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         let took = flushed.unwrap_or_else(|e| fail_stop("flush log", &e));
+        health.record_flush(took);
         tracing::trace!(
             entries = batch.len(),
             flush_us = took.as_micros() as u64,

@@ -11,7 +11,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuil
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = TempDir::new().expect("temp dir");
         let db = open_db(dir.path()).expect("open sled");
-        let log = LogStore::open(&db).expect("log trees");
+        let log = LogStore::open(&db, Default::default()).expect("log trees");
         let sm = StateMachineStore::open(&db).expect("snapshot tree");
         Ok((dir, log, sm))
     }
