@@ -131,7 +131,8 @@ impl Client {
                     continue;
                 }
             };
-            let client = FleetServiceClient::new(channel).max_decoding_message_size(64 << 20);
+            let client = FleetServiceClient::new(channel)
+                .max_decoding_message_size(fleet_node::service::MAX_RESPONSE_BYTES);
             match call(client, self.req.clone()).await {
                 Ok(response) => {
                     self.preferred.store(index, Ordering::Relaxed);

@@ -17,9 +17,10 @@ use crate::types::{Proposal, ProposalItem, Raft};
 
 /// Most commands in one log entry.
 pub const MAX_COMMANDS_PER_ENTRY: usize = 256;
-/// Most bytes (JSON) of the commands in one log entry. With openraft's `max_payload_entries`
-/// set to [`MAX_ENTRIES_PER_APPEND`], one AppendEntries message stays under the Raft transport's
-/// 64 MiB limit.
+/// Most bytes (JSON) of one log entry. Not counted at run time: fleet-core's limits bound a
+/// command's size, and a test here checks that [`MAX_COMMANDS_PER_ENTRY`] of the largest valid
+/// commands fit. With openraft's `max_payload_entries` set to [`MAX_ENTRIES_PER_APPEND`], one
+/// AppendEntries message stays under the Raft transport's 64 MiB limit.
 pub const MAX_ENTRY_BYTES: usize = 2 * 1024 * 1024;
 /// Most log entries sent in one AppendEntries call.
 pub const MAX_ENTRIES_PER_APPEND: u64 = 16;
@@ -43,7 +44,6 @@ type Reply = oneshot::Sender<Result<(u64, Outcome), BatchError>>;
 
 struct Queued {
     item: ProposalItem,
-    bytes: usize,
     reply: Reply,
 }
 
@@ -67,10 +67,9 @@ impl Batcher {
     /// Dropping the future does not withdraw the command: once queued it is proposed, and its
     /// result is discarded.
     pub async fn write(&self, item: ProposalItem) -> Result<(u64, Outcome), BatchError> {
-        let bytes = serde_json::to_vec(&item).map_or(0, |b| b.len());
         let (reply, result) = oneshot::channel();
         self.queue
-            .send(Queued { item, bytes, reply })
+            .send(Queued { item, reply })
             .await
             .map_err(|_| BatchError::Raft("the write batcher has stopped".into()))?;
         result
@@ -92,14 +91,10 @@ async fn run(raft: Raft, mut pending: mpsc::Receiver<Queued>) {
         let Some(first) = pending.recv().await else {
             return;
         };
-        let mut bytes = first.bytes;
         let mut batch = vec![first];
-        while batch.len() < MAX_COMMANDS_PER_ENTRY && bytes < MAX_ENTRY_BYTES {
+        while batch.len() < MAX_COMMANDS_PER_ENTRY {
             match pending.try_recv() {
-                Ok(next) => {
-                    bytes += next.bytes;
-                    batch.push(next);
-                }
+                Ok(next) => batch.push(next),
                 Err(_) => break,
             }
         }
@@ -132,5 +127,73 @@ async fn run(raft: Raft, mut pending: mpsc::Receiver<Queued>) {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use fleet_core::limits::*;
+    use fleet_core::{Command, Context, State};
+
+    use super::*;
+
+    /// Every string at its limit, of `"` where allowed so that JSON escaping doubles it.
+    fn largest_valid_items() -> Vec<ProposalItem> {
+        let quotes = |n: usize| "\"".repeat(n);
+        let name = |c: char| c.to_string().repeat(MAX_NAME_LEN);
+        let context = Context {
+            now_ms: u64::MAX,
+            actor: quotes(MAX_ACTOR_LEN),
+            reason: quotes(MAX_REASON_LEN),
+        };
+        let labels: BTreeMap<String, String> = (0..MAX_LABELS_PER_CLUSTER)
+            .map(|i| (format!("{i:0>63}"), "v".repeat(MAX_LABEL_VALUE_LEN)))
+            .collect();
+        let commands = [
+            Command::RegisterCluster {
+                name: name('c'),
+                site: name('s'),
+                environment: "staging".into(),
+                labels,
+            },
+            Command::CreateWorkload {
+                name: name('w'),
+                repo_url: format!("https://{}", quotes(MAX_REPO_URL_LEN - 8)),
+                path_template: quotes(MAX_PATH_TEMPLATE_LEN),
+            },
+        ];
+        commands
+            .into_iter()
+            .map(|command| ProposalItem {
+                command,
+                context: context.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_entry_of_the_largest_valid_commands_fits_the_entry_budget() {
+        let mut state = State::default();
+        let setup = Context {
+            now_ms: 0,
+            actor: "a".into(),
+            reason: String::new(),
+        };
+        let site = Command::AddSite {
+            name: "s".repeat(MAX_NAME_LEN),
+        };
+        state.apply(&site, &setup).unwrap();
+        for item in largest_valid_items() {
+            state
+                .check(&item.command, &item.context)
+                .expect("the largest command is valid");
+            let bytes = serde_json::to_vec(&item).unwrap().len();
+            assert!(
+                bytes * MAX_COMMANDS_PER_ENTRY <= MAX_ENTRY_BYTES,
+                "{MAX_COMMANDS_PER_ENTRY} commands of {bytes} bytes exceed {MAX_ENTRY_BYTES}"
+            );
+        }
     }
 }

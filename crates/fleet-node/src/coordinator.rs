@@ -182,9 +182,7 @@ impl Coordinator {
                 None => {}
             }
             if started.elapsed() > LEADER_WAIT {
-                return Err(NodeError::NoLeader {
-                    waited_ms: started.elapsed().as_millis() as u64,
-                });
+                return Err(no_leader(started));
             }
             tokio::time::sleep(LEADER_POLL).await;
         }
@@ -254,14 +252,10 @@ impl Coordinator {
                     .applied_index_at_least(Some(index), "linearizable read")
                     .await
                     .map(|_| ())
-                    .map_err(|_| NodeError::NoLeader {
-                        waited_ms: started.elapsed().as_millis() as u64,
-                    });
+                    .map_err(|_| no_leader(started));
             }
             if started.elapsed() > LEADER_WAIT {
-                return Err(NodeError::NoLeader {
-                    waited_ms: started.elapsed().as_millis() as u64,
-                });
+                return Err(no_leader(started));
             }
             tokio::time::sleep(LEADER_POLL).await;
         }
@@ -294,7 +288,8 @@ impl Coordinator {
 
     /// The leader this node knows of, with its address.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
         let leader = metrics.current_leader?;
         let node = metrics.membership_config.membership().get_node(&leader)?;
         Some((leader, node.addr.clone()))
@@ -362,6 +357,12 @@ impl Coordinator {
 #[derive(Debug)]
 pub struct NotLeader;
 
+fn no_leader(started: Instant) -> NodeError {
+    NodeError::NoLeader {
+        waited_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -427,6 +428,10 @@ where
 
     if let Some(listen) = config.metrics_listen {
         crate::metrics::install(listen).map_err(NodeError::Startup)?;
+        spawn_named(
+            "metrics-publisher",
+            publish_metrics(raft.clone(), health.clone()),
+        );
     }
     spawn_named(
         "disk-probe",
@@ -439,8 +444,6 @@ where
             health.clone(),
         ),
     );
-    spawn_named("metrics-publisher", publish_metrics(raft.clone(), health));
-
     spawn_named("raft-fatal-watch", watch_for_fatal(raft.clone()));
 
     let listener = TcpListener::bind(config.listen)

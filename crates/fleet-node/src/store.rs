@@ -224,14 +224,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             batch.insert(&index_key(entry.log_id.index), encode(&entry));
         }
-        let started = Instant::now();
         if let Err(e) = self.log.apply_batch(batch) {
             fail_stop("write log", &e);
         }
-        tracing::trace!(
-            write_us = started.elapsed().as_micros() as u64,
-            "log written"
-        );
         // Readable now; durable when the flusher calls back.
         if self.flushes.send(callback).await.is_err() {
             fail_stop("append", &"the log flusher has stopped");

@@ -87,10 +87,6 @@ impl NodeProcess {
         self.child = Some(child);
     }
 
-    pub fn pid(&self) -> Option<Pid> {
-        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
-    }
-
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

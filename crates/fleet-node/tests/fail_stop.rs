@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{add_site, client, cluster_names, register};
+use common::{add_site, assert_has_all, client, register};
 use fleet_node::proto::ReadConsistency;
 use fleet_node::store::EXIT_STORAGE_FAILURE;
 use fleet_node::testing::ProcessCluster;
@@ -60,15 +60,14 @@ async fn follower_with_failing_fsync_exits_and_the_others_keep_serving_without_l
         acknowledged.insert(name);
     }
     for id in [leader, healthy] {
-        let mut reader = client(&cluster.address(id)).await;
-        let present = cluster_names(&mut reader, ReadConsistency::Linearizable)
-            .await
-            .unwrap();
-        let missing: Vec<_> = acknowledged.difference(&present).collect();
-        assert!(
-            missing.is_empty(),
-            "node {id} lacks acknowledged writes {missing:?}"
-        );
+        let what = format!("node {id}");
+        assert_has_all(
+            &cluster.address(id),
+            ReadConsistency::Linearizable,
+            &acknowledged,
+            &what,
+        )
+        .await;
     }
 }
 
@@ -116,12 +115,13 @@ async fn single_node_with_failing_fsync_acknowledges_nothing_it_could_not_persis
 
     cluster.node(1).restart();
     cluster.wait_for_leader(Duration::from_secs(20)).await;
-    let mut c = client(&address).await;
-    let present = cluster_names(&mut c, ReadConsistency::Linearizable)
-        .await
-        .unwrap();
-    let missing: Vec<_> = acknowledged.difference(&present).collect();
-    assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
+    assert_has_all(
+        &address,
+        ReadConsistency::Linearizable,
+        &acknowledged,
+        "after restart",
+    )
+    .await;
     assert!(
         !acknowledged.is_empty(),
         "some writes were acknowledged before the failure"

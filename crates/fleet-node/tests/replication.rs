@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{add_site, client, cluster_names, register};
+use common::{add_site, assert_has_all, client, cluster_names, register};
 use fleet_node::proto::ReadConsistency;
 use fleet_node::testing::ProcessCluster;
 
@@ -34,15 +34,14 @@ async fn assert_node_has(
     cluster
         .wait_for_applied(id, index, Duration::from_secs(20))
         .await;
-    let mut c = client(&cluster.address(id)).await;
-    let present = cluster_names(&mut c, ReadConsistency::Stale)
-        .await
-        .expect("stale read");
-    let missing: Vec<_> = expected.difference(&present).collect();
-    assert!(
-        missing.is_empty(),
-        "node {id} lacks acknowledged writes {missing:?}"
-    );
+    let what = format!("node {id}");
+    assert_has_all(
+        &cluster.address(id),
+        ReadConsistency::Stale,
+        expected,
+        &what,
+    )
+    .await;
 }
 
 fn names(prefix: &str, count: usize) -> Vec<String> {

@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{add_site, client, cluster_names, register};
+use common::{add_site, assert_has_all, client, cluster_names, register};
 use fleet_node::proto::ReadConsistency;
 use fleet_node::testing::ProcessCluster;
 
@@ -41,15 +41,13 @@ async fn all_acknowledged_writes_survive_sigkill_and_restart() {
     cluster.node(1).kill();
     cluster.node(1).restart();
     cluster.wait_for_leader(Duration::from_secs(20)).await;
-    let mut c = client(&address).await;
-    let present = cluster_names(&mut c, ReadConsistency::Linearizable)
-        .await
-        .unwrap();
-    let missing: Vec<_> = acknowledged.difference(&present).collect();
-    assert!(
-        missing.is_empty(),
-        "lost acknowledged writes after SIGKILL: {missing:?}"
-    );
+    assert_has_all(
+        &address,
+        ReadConsistency::Linearizable,
+        &acknowledged,
+        "after SIGKILL",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

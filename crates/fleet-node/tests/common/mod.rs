@@ -51,6 +51,22 @@ pub async fn register(
         .map(|r| r.into_inner().result.unwrap().log_index)
 }
 
+/// Asserts that a read through `address` sees every name in `acknowledged`.
+pub async fn assert_has_all(
+    address: &str,
+    consistency: ReadConsistency,
+    acknowledged: &BTreeSet<String>,
+    what: &str,
+) {
+    let mut c = client(address).await;
+    let present = cluster_names(&mut c, consistency).await.expect("read");
+    let missing: Vec<_> = acknowledged.difference(&present).collect();
+    assert!(
+        missing.is_empty(),
+        "{what}: acknowledged writes missing {missing:?}"
+    );
+}
+
 pub async fn cluster_names(
     client: &mut FleetServiceClient<Channel>,
     consistency: ReadConsistency,
