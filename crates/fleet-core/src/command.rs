@@ -36,6 +36,20 @@ pub enum Command {
         workload: String,
         revision: String,
     },
+    /// Records that coordinator leadership moved away from a node whose disk was too slow.
+    /// Proposed by the new leader, never by clients; it changes nothing but the audit log.
+    RecordLeadershipHandover {
+        from_node: u64,
+        to_node: u64,
+        /// The term the new leader leads in.
+        term: u64,
+        /// The old leader's fdatasync p99 in each second that made it hand over, oldest first.
+        from_p99s_us: Vec<u64>,
+        /// The new leader's fdatasync p99 over its recent window when it was chosen.
+        to_p99_us: u64,
+        /// The p99 limit the old leader was judged against.
+        limit_us: u64,
+    },
 }
 
 impl Command {
@@ -48,6 +62,7 @@ impl Command {
             Command::RemoveCluster { .. } => "remove_cluster",
             Command::CreateWorkload { .. } => "create_workload",
             Command::PublishRelease { .. } => "publish_release",
+            Command::RecordLeadershipHandover { .. } => "record_leadership_handover",
         }
     }
 }
@@ -89,5 +104,10 @@ pub enum Outcome {
         environment: String,
         /// Clusters whose assignment changed, in name order.
         clusters: Vec<String>,
+    },
+    LeadershipHandoverRecorded {
+        from_node: u64,
+        to_node: u64,
+        term: u64,
     },
 }

@@ -26,3 +26,5 @@ pub const MAX_CLUSTERS: usize = 100_000;
 pub const MAX_WORKLOADS: usize = 10_000;
 /// Releases kept per workload in the state (older ones stay in the audit log).
 pub const MAX_RELEASES_KEPT_PER_WORKLOAD: usize = 100;
+/// Most per-second figures one leadership hand-over record carries.
+pub const MAX_HANDOVER_FIGURES: usize = 60;

@@ -13,6 +13,11 @@ use crate::model::{
 };
 use crate::validate;
 
+/// Microseconds as milliseconds with one decimal, for audit summaries.
+fn ms(us: u64) -> String {
+    format!("{}.{}", us / 1000, (us % 1000) / 100)
+}
+
 /// Everything the coordinator replicates. Serializable as a whole: that is the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -137,6 +142,31 @@ impl State {
                 validate::dns_label("workload", workload)?;
                 validate::revision(revision)?;
                 self.require_workload(workload).map(|_| ())
+            }
+            Command::RecordLeadershipHandover {
+                from_node,
+                to_node,
+                from_p99s_us,
+                ..
+            } => {
+                if from_node == to_node {
+                    return Err(CoreError::invalid(
+                        "to_node",
+                        format!("leadership cannot move from node {from_node} to itself"),
+                        "name the node that took leadership",
+                    ));
+                }
+                if from_p99s_us.len() > MAX_HANDOVER_FIGURES {
+                    return Err(CoreError::invalid(
+                        "from_p99s_us",
+                        format!(
+                            "{} figures is over the limit of {MAX_HANDOVER_FIGURES}",
+                            from_p99s_us.len()
+                        ),
+                        "record the seconds that made the leader hand over, at most one minute",
+                    ));
+                }
+                Ok(())
             }
         }
     }
@@ -284,6 +314,32 @@ impl State {
                         clusters: changed,
                     },
                     summary,
+                )
+            }
+            Command::RecordLeadershipHandover {
+                from_node,
+                to_node,
+                term,
+                from_p99s_us,
+                to_p99_us,
+                limit_us,
+            } => {
+                let seconds: Vec<String> = from_p99s_us.iter().map(|us| ms(*us)).collect();
+                (
+                    Outcome::LeadershipHandoverRecorded {
+                        from_node: *from_node,
+                        to_node: *to_node,
+                        term: *term,
+                    },
+                    format!(
+                        "coordinator leadership moved from node {from_node} to node {to_node} in term {term}: \
+                         fdatasync p99 on node {from_node} was {} ms in the last {} seconds (limit {} ms); \
+                         {} ms on node {to_node}",
+                        seconds.join("/"),
+                        from_p99s_us.len(),
+                        ms(*limit_us),
+                        ms(*to_p99_us),
+                    ),
                 )
             }
         };

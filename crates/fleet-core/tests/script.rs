@@ -3,8 +3,10 @@
 //!
 //! Commands: `site NAME`, `env NAME`, `cluster NAME SITE ENV [K=V]...`, `remove NAME`,
 //! `workload NAME URL TEMPLATE`, `publish WORKLOAD SHA`, `as ACTOR`, `labels NAME COUNT`
-//! (registers a cluster with COUNT labels), and the queries `status`, `audit`, `verify`,
-//! `tamper SEQ` (changes one stored audit event, to show that `verify` notices).
+//! (registers a cluster with COUNT labels), `handover FROM TO TERM P99_US...` (records a
+//! leadership hand-over; the new leader's p99 is 850 µs, the limit 10 ms), and the queries
+//! `status`, `audit`, `verify`, `tamper SEQ` (changes one stored audit event, to show that
+//! `verify` notices).
 
 use std::collections::BTreeMap;
 
@@ -101,6 +103,14 @@ fn run(script: &str) {
             ["publish", workload, sha] => Command::PublishRelease {
                 workload: workload.to_string(),
                 revision: sha.to_string(),
+            },
+            ["handover", from, to, term, p99s @ ..] => Command::RecordLeadershipHandover {
+                from_node: from.parse().unwrap(),
+                to_node: to.parse().unwrap(),
+                term: term.parse().unwrap(),
+                from_p99s_us: p99s.iter().map(|p| p.parse().unwrap()).collect(),
+                to_p99_us: 850,
+                limit_us: 10_000,
             },
             other => panic!("unknown script line {other:?}"),
         };
@@ -327,4 +337,20 @@ fn apply_is_deterministic_for_the_same_commands_and_contexts() {
         serde_json::to_string(&state).unwrap()
     };
     assert_eq!(replay(), replay());
+}
+
+#[test]
+fn a_leadership_handover_is_audited_with_its_figures_and_changes_nothing_else() {
+    run(r#"
+        > as coordinator:1
+        > handover 1 2 7 51234 50980 52001
+        ok {"type":"leadership_handover_recorded","from_node":1,"to_node":2,"term":7}
+        > handover 2 2 8 51234
+        error: invalid to_node: leadership cannot move from node 2 to itself (hint: name the node that took leadership)
+        > status
+        > audit
+        #1 coordinator:1 coordinator leadership moved from node 1 to node 2 in term 7: fdatasync p99 on node 1 was 51.2/50.9/52.0 ms in the last 3 seconds (limit 10.0 ms); 0.8 ms on node 2
+        > verify
+        chain ok
+    "#);
 }

@@ -82,6 +82,19 @@ enum Cmd {
     Release(ReleaseCmd),
     /// Per cluster: site, environment and desired revision.
     Status,
+    /// The audit log, oldest first: who changed what, when and why.
+    Audit {
+        /// Only events of this command kind, e.g. publish_release or
+        /// record_leadership_handover.
+        #[arg(long, default_value = "")]
+        kind: String,
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many events.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
     /// Measure a directory's disk as etcd's fio check does: 2300-byte writes, each followed by
     /// fdatasync, over 22 MiB. Runs locally; talks to no coordinator.
     DiskBench {
@@ -532,6 +545,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             emit(json, t, json!({ "releases": items }))
         }
+        Cmd::Audit { kind, after, limit } => audit(&client, c, kind, after, limit, json).await,
         Cmd::DiskBench { .. } => unreachable!("handled before connecting"),
         Cmd::Status => {
             let r = client
@@ -646,6 +660,61 @@ async fn coordinator_status(client: &Client, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `audit`: events in sequence order, fetched page by page.
+async fn audit(
+    client: &Client,
+    consistency: i32,
+    kind: String,
+    after: u64,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut events = Vec::new();
+    let mut after_sequence = after;
+    while events.len() < limit {
+        let page = client
+            .fleet(|mut f, req: Req| {
+                let request = req.wrap(ListAuditEventsRequest {
+                    after_sequence,
+                    max_events: 0,
+                    kind: kind.clone(),
+                    consistency,
+                });
+                async move { f.list_audit_events(request).await }
+            })
+            .await?;
+        let Some(last) = page.events.last() else {
+            break;
+        };
+        after_sequence = last.sequence;
+        events.extend(page.events);
+    }
+    events.truncate(limit);
+    let mut t = Table::new(&["SEQ", "TIME", "ACTOR", "KIND", "SUMMARY"]);
+    for e in &events {
+        t.row(vec![
+            e.sequence.to_string(),
+            format_time_ms(e.time_ms),
+            e.actor.clone(),
+            e.kind.clone(),
+            e.summary.clone(),
+        ]);
+    }
+    let rows: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| {
+            json!({
+                "sequence": e.sequence, "time_ms": e.time_ms, "actor": e.actor,
+                "reason": e.reason, "kind": e.kind,
+                "command": serde_json::from_str::<serde_json::Value>(&e.command_json)
+                    .unwrap_or(serde_json::Value::Null),
+                "summary": e.summary, "prev_hash": e.prev_hash, "hash": e.hash,
+            })
+        })
+        .collect();
+    emit(json, t, json!({ "events": rows }))
+}
+
 /// `coordinator disk`: one row per member, from the member itself.
 async fn coordinator_disk(client: &Client, json: bool) -> anyhow::Result<()> {
     let view = client
@@ -664,6 +733,7 @@ async fn coordinator_disk(client: &Client, json: bool) -> anyhow::Result<()> {
         "PROBE P99 10M",
         "FLUSH P99",
         "FLUSH P99 10M",
+        "ALL P99 5S",
         "VERDICT",
     ]);
     let mut rows = Vec::new();
@@ -680,17 +750,19 @@ async fn coordinator_disk(client: &Client, json: bool) -> anyhow::Result<()> {
                 "-".into(),
                 "-".into(),
                 "-".into(),
+                "-".into(),
                 "unreachable".into(),
             ]);
             rows.push(json!({"id": m.id, "address": m.address, "verdict": "unreachable"}));
             continue;
         };
         let s = |x: &Option<LatencySummary>| x.unwrap_or_default();
-        let (p1, p10, f1, f10) = (
+        let (p1, p10, f1, f10, recent) = (
             s(&d.probe_fdatasync_1m),
             s(&d.probe_fdatasync_10m),
             s(&d.log_flush_1m),
             s(&d.log_flush_10m),
+            s(&d.all_fdatasync_5s),
         );
         let ms = |l: &LatencySummary, v: u64| {
             if l.count == 0 {
@@ -699,7 +771,12 @@ async fn coordinator_disk(client: &Client, json: bool) -> anyhow::Result<()> {
                 format!("{:.2}ms", v as f64 / 1000.0)
             }
         };
-        let verdict = if d.healthy { "ok" } else { "too_slow" };
+        // `stalled`: slow for the sustain time; the node does not lead or campaign.
+        let verdict = match (d.stalled, d.healthy) {
+            (true, _) => "stalled",
+            (false, true) => "ok",
+            (false, false) => "too_slow",
+        };
         t.row(vec![
             m.id.to_string(),
             m.address.clone(),
@@ -710,6 +787,7 @@ async fn coordinator_disk(client: &Client, json: bool) -> anyhow::Result<()> {
             ms(&p10, p10.p99_us),
             ms(&f1, f1.p99_us),
             ms(&f10, f10.p99_us),
+            ms(&recent, recent.p99_us),
             verdict.into(),
         ]);
         let summary = |l: &LatencySummary| json!({"count": l.count, "p50_us": l.p50_us, "p99_us": l.p99_us, "p999_us": l.p999_us, "max_us": l.max_us});
@@ -717,6 +795,7 @@ async fn coordinator_disk(client: &Client, json: bool) -> anyhow::Result<()> {
             "id": m.id, "address": m.address, "verdict": verdict, "p99_limit_us": d.p99_limit_us,
             "probe_fdatasync_1m": summary(&p1), "probe_fdatasync_10m": summary(&p10),
             "log_flush_1m": summary(&f1), "log_flush_10m": summary(&f10),
+            "all_fdatasync_5s": summary(&recent), "stalled": d.stalled,
         }));
     }
     emit(json, t, json!({ "nodes": rows }))

@@ -138,6 +138,32 @@ async fn ctl_registers_publishes_by_ref_and_reports_status_as_json() {
     let text = String::from_utf8(table.stdout).unwrap();
     assert!(text.starts_with("CLUSTER"), "{text}");
     assert!(text.contains(&head), "{text}");
+
+    // Every change above is in the audit log, in order, chained by hash.
+    let audit = ok_json(&ep, &["audit"]);
+    let events = audit["events"].as_array().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "add_site",
+            "register_cluster",
+            "register_cluster",
+            "create_workload",
+            "publish_release"
+        ]
+    );
+    assert_eq!(events[0]["actor"], "unauthenticated:alice");
+    assert_eq!(events[0]["reason"], "new site");
+    for pair in events.windows(2) {
+        assert_eq!(pair[1]["prev_hash"], pair[0]["hash"]);
+    }
+    let releases = ok_json(&ep, &["audit", "--kind", "publish_release"]);
+    let releases = releases["events"].as_array().unwrap();
+    assert_eq!(releases.len(), 1);
+    assert_eq!(releases[0]["command"]["revision"], head.as_str());
+    let later = ok_json(&ep, &["audit", "--after", "3"]);
+    assert_eq!(later["events"][0]["sequence"], 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use fleet_core::{CoreError, Outcome};
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::tasks::spawn_named;
 use crate::types::{Proposal, ProposalItem, Raft};
@@ -51,14 +51,23 @@ struct Queued {
 #[derive(Clone)]
 pub struct Batcher {
     queue: mpsc::Sender<Queued>,
+    hold: watch::Sender<bool>,
 }
 
 impl Batcher {
     /// Starts the `write-batcher` task for `raft`.
     pub fn start(raft: Raft) -> Self {
         let (queue, pending) = mpsc::channel(MAX_QUEUED_COMMANDS);
-        spawn_named("write-batcher", run(raft, pending));
-        Batcher { queue }
+        let (hold, held) = watch::channel(false);
+        spawn_named("write-batcher", run(raft, pending, held));
+        Batcher { queue, hold }
+    }
+
+    /// Holds new entries back (commands queue up) or lets them go again. A leader holds them
+    /// while it hands leadership over, so the successor's log can catch up with its own; the
+    /// commands held go out when released, and fail with `NotLeader` if leadership moved.
+    pub fn hold(&self, on: bool) {
+        self.hold.send_replace(on);
     }
 
     /// Proposes one command and waits until its entry is applied.
@@ -80,7 +89,7 @@ impl Batcher {
 
 /// # Cancel safety
 /// Runs until every [`Batcher`] is dropped.
-async fn run(raft: Raft, mut pending: mpsc::Receiver<Queued>) {
+async fn run(raft: Raft, mut pending: mpsc::Receiver<Queued>, mut held: watch::Receiver<bool>) {
     let in_flight = Arc::new(Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
     loop {
         let permit = in_flight
@@ -88,9 +97,16 @@ async fn run(raft: Raft, mut pending: mpsc::Receiver<Queued>) {
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
+        if held.wait_for(|on| !*on).await.is_err() {
+            return;
+        }
         let Some(first) = pending.recv().await else {
             return;
         };
+        // A hold may have begun while this task waited for the first command.
+        if held.wait_for(|on| !*on).await.is_err() {
+            return;
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_COMMANDS_PER_ENTRY {
             match pending.try_recv() {

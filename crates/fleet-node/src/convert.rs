@@ -179,7 +179,23 @@ pub fn disk_health(r: &crate::health::DiskReport) -> Option<proto::DiskHealth> {
         log_flush_10m: latency(&r.flush_long),
         p99_limit_us: crate::disk::FDATASYNC_P99_LIMIT.as_micros() as u64,
         healthy: r.healthy(),
+        all_fdatasync_5s: latency(&r.recent),
+        stalled: r.stalled,
     })
+}
+
+pub fn audit_event(e: &fleet_core::AuditEvent) -> proto::AuditEvent {
+    proto::AuditEvent {
+        sequence: e.sequence,
+        time_ms: e.time_ms,
+        actor: e.actor.clone(),
+        reason: e.reason.clone(),
+        kind: e.command.kind().to_string(),
+        command_json: serde_json::to_string(&e.command).expect("commands serialize"),
+        summary: e.summary.clone(),
+        prev_hash: e.prev_hash.clone(),
+        hash: e.hash.clone(),
+    }
 }
 
 pub fn write_result(log_index: u64) -> Option<proto::WriteResult> {

@@ -28,6 +28,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::batcher::{BatchError, Batcher, MAX_ENTRIES_PER_APPEND};
 use crate::error::NodeError;
 use crate::health::{DiskHealth, ProbeConfig, run_probe};
+use crate::leadership::{GuardConfig, run_guard};
 use crate::network::{MAX_RAFT_MESSAGE_BYTES, Peers, SNAPSHOT_CHUNK_BYTES};
 use crate::proto::fleet_service_client::FleetServiceClient;
 use crate::proto::{AddCoordinatorRequest, RaftPayload, ReadIndexRequest};
@@ -80,6 +81,10 @@ pub struct CoordinatorConfig {
     pub disk_probe_writes: u32,
     /// Serve Prometheus metrics here.
     pub metrics_listen: Option<SocketAddr>,
+    /// Disk-aware leadership.
+    pub guard: GuardConfig,
+    /// Serve `RaftService.SetFailpoint` (tests and chaos runs only).
+    pub allow_failpoint_rpc: bool,
 }
 
 impl CoordinatorConfig {
@@ -98,6 +103,8 @@ impl CoordinatorConfig {
             disk_probe_interval: Duration::from_secs(10),
             disk_probe_writes: 20,
             metrics_listen: None,
+            guard: GuardConfig::default(),
+            allow_failpoint_rpc: false,
         }
     }
 }
@@ -125,10 +132,12 @@ pub struct Coordinator {
     pub id: NodeId,
     pub raft: Raft,
     state: SharedState,
-    peers: Peers,
-    batcher: Batcher,
+    pub(crate) peers: Peers,
+    pub(crate) batcher: Batcher,
     /// This node's disk latencies: probe and log flushes.
     pub health: Arc<DiskHealth>,
+    /// `RaftService.SetFailpoint` is served (tests and chaos runs only).
+    pub allow_failpoint_rpc: bool,
 }
 
 impl Coordinator {
@@ -424,6 +433,7 @@ where
         peers,
         batcher: Batcher::start(raft.clone()),
         health: health.clone(),
+        allow_failpoint_rpc: config.allow_failpoint_rpc,
     });
 
     if let Some(listen) = config.metrics_listen {
@@ -445,6 +455,10 @@ where
         ),
     );
     spawn_named("raft-fatal-watch", watch_for_fatal(raft.clone()));
+    spawn_named(
+        "leadership-guard",
+        run_guard(coordinator.clone(), config.guard.clone()),
+    );
 
     let listener = TcpListener::bind(config.listen)
         .await

@@ -6,6 +6,7 @@
 //! back round to it. Time is passed in, so the windows are testable without sleeping.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,9 +26,15 @@ pub const WINDOW_LONG: Duration = Duration::from_secs(600);
 /// Size of the probe's rotating file in the data dir.
 pub const PROBE_FILE_BYTES: u64 = 1024 * 1024;
 
+/// Width of a slot of the per-second series the leadership guard reads.
+pub const SECOND: Duration = Duration::from_secs(1);
+/// Per-second slots kept.
+pub const SECONDS_KEPT: usize = 16;
+
 /// Latencies over sliding windows.
 pub struct WindowedLatency {
     origin: Instant,
+    slot: Duration,
     slots: Vec<(u64, Histogram<u64>)>,
 }
 
@@ -42,22 +49,46 @@ pub struct LatencySummary {
 }
 
 impl WindowedLatency {
+    /// [`SLOTS`] slots of [`SLOT`]: 10 minutes.
     pub fn new(origin: Instant) -> Self {
+        Self::with_slots(origin, SLOT, SLOTS)
+    }
+
+    /// `count` slots of `slot` each.
+    pub fn with_slots(origin: Instant, slot: Duration, count: usize) -> Self {
         WindowedLatency {
             origin,
-            slots: (0..SLOTS)
+            slot,
+            slots: (0..count)
                 .map(|_| (u64::MAX, disk::latency_histogram()))
                 .collect(),
         }
     }
 
     fn slot_number(&self, now: Instant) -> u64 {
-        (now.saturating_duration_since(self.origin).as_nanos() / SLOT.as_nanos()) as u64
+        (now.saturating_duration_since(self.origin).as_nanos() / self.slot.as_nanos()) as u64
+    }
+
+    /// The p99 of each of the last `n` completed slots, oldest first; `None` for a slot
+    /// without samples.
+    pub fn completed_slot_p99s(&self, now: Instant, n: usize) -> Vec<Option<u64>> {
+        let current = self.slot_number(now);
+        let n = n.min(self.slots.len() - 1) as u64;
+        (1..=n)
+            .rev()
+            .map(|back| {
+                let wanted = current.checked_sub(back)?;
+                let (number, histogram) = &self.slots[(wanted % self.slots.len() as u64) as usize];
+                (*number == wanted && !histogram.is_empty())
+                    .then(|| histogram.value_at_quantile(0.99))
+            })
+            .collect()
     }
 
     pub fn record(&mut self, now: Instant, latency: Duration) {
         let number = self.slot_number(now);
-        let (slot_number, histogram) = &mut self.slots[(number % SLOTS as u64) as usize];
+        let count = self.slots.len() as u64;
+        let (slot_number, histogram) = &mut self.slots[(number % count) as usize];
         if *slot_number != number {
             histogram.reset();
             *slot_number = number;
@@ -68,7 +99,7 @@ impl WindowedLatency {
     /// The samples of the last `span` (rounded up to whole slots, the current one included).
     pub fn summary(&self, now: Instant, span: Duration) -> LatencySummary {
         let current = self.slot_number(now);
-        let wanted = span.as_nanos().div_ceil(SLOT.as_nanos()) as u64;
+        let wanted = span.as_nanos().div_ceil(self.slot.as_nanos()) as u64;
         let oldest = current.saturating_sub(wanted.saturating_sub(1));
         let mut merged = disk::latency_histogram();
         for (number, histogram) in &self.slots {
@@ -89,11 +120,23 @@ impl WindowedLatency {
     }
 }
 
-/// Both series of one node, shared by the flusher, the probe and the status service.
+/// Both series of one node, shared by the flusher, the probe, the leadership guard and the
+/// status service.
 pub struct DiskHealth {
     probe: Mutex<WindowedLatency>,
     flush: Mutex<WindowedLatency>,
+    /// Every fdatasync of this node (probe and log flush) in one-second slots: what the
+    /// leadership guard judges the disk by.
+    seconds: Mutex<WindowedLatency>,
+    /// When the log flush and the probe write now running began.
+    flush_started: Mutex<Option<Instant>>,
+    probe_started: Mutex<Option<Instant>>,
+    /// The leadership guard's verdict: this node's disk is too slow to lead.
+    stalled: AtomicBool,
 }
+
+/// The span of the `recent` summary.
+pub const WINDOW_RECENT: Duration = Duration::from_secs(5);
 
 /// What the status service reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -102,6 +145,10 @@ pub struct DiskReport {
     pub probe_long: LatencySummary,
     pub flush_short: LatencySummary,
     pub flush_long: LatencySummary,
+    /// Every fdatasync of the last [`WINDOW_RECENT`].
+    pub recent: LatencySummary,
+    /// The leadership guard judges this disk too slow to lead.
+    pub stalled: bool,
 }
 
 impl DiskReport {
@@ -119,34 +166,76 @@ impl Default for DiskHealth {
         DiskHealth {
             probe: Mutex::new(WindowedLatency::new(now)),
             flush: Mutex::new(WindowedLatency::new(now)),
+            seconds: Mutex::new(WindowedLatency::with_slots(now, SECOND, SECONDS_KEPT)),
+            flush_started: Mutex::new(None),
+            probe_started: Mutex::new(None),
+            stalled: AtomicBool::new(false),
         }
     }
 }
 
 impl DiskHealth {
-    pub fn record_probe(&self, latency: Duration) {
-        self.probe
-            .lock()
-            .expect("lock")
-            .record(Instant::now(), latency);
+    /// A probe write and its fdatasync begin.
+    pub fn probe_started(&self) {
+        *self.probe_started.lock().expect("lock") = Some(Instant::now());
     }
 
+    /// A probe write and its fdatasync took `latency`.
+    pub fn record_probe(&self, latency: Duration) {
+        let now = Instant::now();
+        *self.probe_started.lock().expect("lock") = None;
+        self.probe.lock().expect("lock").record(now, latency);
+        self.seconds.lock().expect("lock").record(now, latency);
+    }
+
+    /// A log flush begins.
+    pub fn flush_started(&self) {
+        *self.flush_started.lock().expect("lock") = Some(Instant::now());
+    }
+
+    /// A log flush took `latency`.
     pub fn record_flush(&self, latency: Duration) {
-        self.flush
+        let now = Instant::now();
+        *self.flush_started.lock().expect("lock") = None;
+        self.flush.lock().expect("lock").record(now, latency);
+        self.seconds.lock().expect("lock").record(now, latency);
+    }
+
+    /// How long the oldest fdatasync still running has been running.
+    pub fn oldest_in_flight(&self, now: Instant) -> Option<Duration> {
+        let flush = *self.flush_started.lock().expect("lock");
+        let probe = *self.probe_started.lock().expect("lock");
+        flush
+            .into_iter()
+            .chain(probe)
+            .min()
+            .map(|started| now.saturating_duration_since(started))
+    }
+
+    /// The p99 of each of the last `n` completed seconds, oldest first.
+    pub fn second_p99s(&self, now: Instant, n: usize) -> Vec<Option<u64>> {
+        self.seconds
             .lock()
             .expect("lock")
-            .record(Instant::now(), latency);
+            .completed_slot_p99s(now, n)
+    }
+
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::Relaxed);
     }
 
     pub fn report(&self) -> DiskReport {
         let now = Instant::now();
         let probe = self.probe.lock().expect("lock");
         let flush = self.flush.lock().expect("lock");
+        let seconds = self.seconds.lock().expect("lock");
         DiskReport {
             probe_short: probe.summary(now, WINDOW_SHORT),
             probe_long: probe.summary(now, WINDOW_LONG),
             flush_short: flush.summary(now, WINDOW_SHORT),
             flush_long: flush.summary(now, WINDOW_LONG),
+            recent: seconds.summary(now, WINDOW_RECENT),
+            stalled: self.stalled.load(Ordering::Relaxed),
         }
     }
 }
@@ -190,6 +279,7 @@ pub async fn run_probe(config: ProbeConfig, health: Arc<DiskHealth>) {
             for _ in 0..writes {
                 // `disk-probe=sleep(MS)` adds to the measured latency; `return` fails the write.
                 let started = Instant::now();
+                recorder.probe_started();
                 fail::fail_point!("disk-probe", |_| Err(std::io::Error::other(
                     "injected failure at failpoint disk-probe"
                 )));

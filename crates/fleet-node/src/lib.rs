@@ -11,6 +11,7 @@ pub mod coordinator;
 pub mod disk;
 pub mod error;
 pub mod health;
+pub mod leadership;
 pub mod metrics;
 pub mod network;
 pub mod service;

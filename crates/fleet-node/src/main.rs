@@ -78,6 +78,20 @@ struct Tuning {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<SocketAddr>,
+    /// Disk-aware leadership: a leader whose fdatasync p99 stays above 10 ms hands over to
+    /// the healthiest follower, and a node with a stalled disk does not campaign.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    disk_aware_leadership: bool,
+    /// Seconds in a row the per-second fdatasync p99 must stay above the limit before the
+    /// disk counts as stalled.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=15))]
+    stall_sustain_s: u64,
+    /// A leader hands over only after leading this long.
+    #[arg(long, default_value_t = 5_000)]
+    handover_dwell_ms: u64,
+    /// Serve RaftService.SetFailpoint, for tests and chaos runs. Never in production.
+    #[arg(long, hide = true)]
+    allow_failpoint_rpc: bool,
 }
 
 #[derive(Args)]
@@ -141,6 +155,10 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         std::time::Duration::from_millis(args.tuning.disk_probe_interval_ms);
     config.disk_probe_writes = args.tuning.disk_probe_writes;
     config.metrics_listen = args.tuning.metrics_listen;
+    config.guard.enabled = args.tuning.disk_aware_leadership;
+    config.guard.sustain_s = args.tuning.stall_sustain_s as usize;
+    config.guard.dwell = std::time::Duration::from_millis(args.tuning.handover_dwell_ms);
+    config.allow_failpoint_rpc = args.tuning.allow_failpoint_rpc;
     coordinator::run(config, shutdown_signal(), |_| async { Ok(()) }).await?;
     Ok(())
 }

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use crate::convert::{self, actor, consistency, write_result};
 use crate::coordinator::{Consistency, Coordinator, ForwardedReply, ForwardedWrite};
 use crate::error::NodeError;
+use crate::leadership::{HandoverReply, HandoverRequest};
 use crate::network::MAX_RAFT_MESSAGE_BYTES;
 use crate::proto::agent_service_server::{AgentService, AgentServiceServer};
 use crate::proto::fleet_service_server::{FleetService, FleetServiceServer};
@@ -19,6 +20,8 @@ use crate::types::TypeConfig;
 
 /// Largest request message a client may send to `FleetService` or `AgentService`.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Most audit events in one `ListAuditEvents` page.
+pub const MAX_AUDIT_EVENTS_PER_PAGE: usize = 1000;
 /// Largest response message sent to a client.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -292,6 +295,42 @@ impl FleetService for FleetApi {
         }))
     }
 
+    async fn list_audit_events(
+        &self,
+        request: Request<ListAuditEventsRequest>,
+    ) -> Reply<ListAuditEventsResponse> {
+        let r = request.into_inner();
+        let max = match r.max_events {
+            0 => MAX_AUDIT_EVENTS_PER_PAGE,
+            n if n as usize <= MAX_AUDIT_EVENTS_PER_PAGE => n as usize,
+            n => {
+                return Err(NodeError::InvalidArgument {
+                    field: "max_events",
+                    message: format!("{n} is over the limit of {MAX_AUDIT_EVENTS_PER_PAGE}"),
+                    hint: "page with after_sequence".into(),
+                }
+                .into());
+            }
+        };
+        let response = self
+            .0
+            .read(consistency(r.consistency), |s| {
+                let all = s.audit_events();
+                let start = (r.after_sequence as usize).min(all.len());
+                ListAuditEventsResponse {
+                    events: all[start..]
+                        .iter()
+                        .filter(|e| r.kind.is_empty() || e.command.kind() == r.kind)
+                        .take(max)
+                        .map(convert::audit_event)
+                        .collect(),
+                    last_sequence: all.len() as u64,
+                }
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
     async fn add_coordinator(
         &self,
         request: Request<AddCoordinatorRequest>,
@@ -387,4 +426,44 @@ impl RaftService for RaftApi {
         let read_index = self.0.read_index().await?;
         Ok(Response::new(ReadIndexResponse { read_index }))
     }
+
+    async fn take_leadership(&self, request: Request<RaftPayload>) -> Reply<RaftPayload> {
+        let handover: HandoverRequest = decode(request.get_ref())?;
+        let reply: HandoverReply = self.0.take_leadership(handover).await;
+        Ok(encode(&reply))
+    }
+
+    async fn set_failpoint(
+        &self,
+        request: Request<SetFailpointRequest>,
+    ) -> Reply<SetFailpointResponse> {
+        if !self.0.allow_failpoint_rpc {
+            return Err(Status::failed_precondition(
+                "failpoints are not served here: start the node with --allow-failpoint-rpc",
+            ));
+        }
+        let r = request.into_inner();
+        if !FAILPOINTS.contains(&r.name.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "name: {:?} is not a failpoint; use one of {}",
+                r.name,
+                FAILPOINTS.join(", ")
+            )));
+        }
+        if r.actions.len() > MAX_FAILPOINT_ACTIONS_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "actions: {} bytes is over the limit of {MAX_FAILPOINT_ACTIONS_BYTES}",
+                r.actions.len()
+            )));
+        }
+        fail::cfg(&r.name, &r.actions)
+            .map_err(|e| Status::invalid_argument(format!("actions: {e}")))?;
+        tracing::warn!(failpoint = %r.name, actions = %r.actions, "failpoint configured");
+        Ok(Response::new(SetFailpointResponse {}))
+    }
 }
+
+/// The failpoints a node has.
+pub const FAILPOINTS: [&str; 3] = ["log-flush", "vote-flush", "disk-probe"];
+/// Longest failpoint action string.
+pub const MAX_FAILPOINT_ACTIONS_BYTES: usize = 256;

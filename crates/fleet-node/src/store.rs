@@ -126,6 +126,7 @@ async fn flusher(
     let mut batch = Vec::new();
     while pending.recv_many(&mut batch, MAX_PENDING_FLUSHES).await > 0 {
         let flushing = db.clone();
+        health.flush_started();
         let flushed = tokio::task::spawn_blocking(move || flush_blocking(&flushing, "log-flush"))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));

@@ -155,6 +155,29 @@ pub struct ProcessCluster {
     dir: tempfile::TempDir,
 }
 
+/// Lines of each node's log printed when a test fails.
+const LOG_LINES_ON_FAILURE: usize = 60;
+
+impl Drop for ProcessCluster {
+    /// Stops every node; when the test is failing, prints the end of each node's log first.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                let log = node.log();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(LOG_LINES_ON_FAILURE)..];
+                eprintln!("---- node {} log (last {} lines) ----", node.id, tail.len());
+                for line in tail {
+                    eprintln!("{line}");
+                }
+            }
+        }
+        for node in &mut self.nodes {
+            node.kill();
+        }
+    }
+}
+
 impl ProcessCluster {
     /// Starts `size` nodes: node 1 bootstraps, the others join it. Returns once every node is
     /// a voter and a leader is known. `extra_args` go to every node.
@@ -301,4 +324,21 @@ pub async fn connect(address: &str) -> Option<FleetServiceClient<Channel>> {
         .ok()?
         .connect_timeout(Duration::from_millis(500));
     endpoint.connect().await.ok().map(FleetServiceClient::new)
+}
+
+/// Configures a failpoint of the node at `address` through `RaftService.SetFailpoint` (the
+/// node must run with `--allow-failpoint-rpc`), e.g. `("log-flush", "sleep(50)")` or `"off"`.
+pub async fn set_failpoint(address: &str, name: &str, actions: &str) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    crate::proto::raft_service_client::RaftServiceClient::new(channel)
+        .set_failpoint(crate::proto::SetFailpointRequest {
+            name: name.into(),
+            actions: actions.into(),
+        })
+        .await
+        .map(|_| ())
 }

@@ -1,16 +1,23 @@
-//! `fleet-bench writes`: write throughput and latency of a local coordinator cluster of real
-//! processes. Each client registers clusters (one Raft write each) in a closed loop on its own
-//! connection; clients are spread over all nodes (`--via all`, so most writes are forwarded)
-//! or all talk to the leader (`--via leader`).
+//! Benchmarks of local coordinator clusters of real processes. Every write is one small Raft
+//! write (a cluster registration); each client writes in a closed loop on its own connection.
 //!
-//! Run it from a release build: `cargo run --release -p fleet-node --bin fleet-bench -- writes`.
+//! - `writes`: throughput and latency for a list of client counts.
+//! - `probe-overhead`: the same rounds with the continuous disk probe off and on, alternated
+//!   on fresh clusters, and the throughput it costs.
+//! - `etcd`: the same workload against a 3-member etcd 3.4 (Debian's `etcd-server`, started
+//!   here on loopback with its data on the same filesystem) in the same run, with ratios.
+//!
+//! Run from a release build: `cargo run --release -p fleet-node --bin fleet-bench -- writes`.
 
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use fleet_node::proto::{AddSiteRequest, RegisterClusterRequest};
-use fleet_node::testing::{ProcessCluster, connect};
+use fleet_node::testing::{ProcessCluster, connect, free_port};
 use hdrhistogram::Histogram;
 
 #[derive(Parser)]
@@ -30,25 +37,69 @@ enum BenchCommand {
         /// Concurrent clients per round, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,64")]
         clients: Vec<usize>,
-        /// Measured seconds per round (after one second of warm-up).
-        #[arg(long, default_value_t = 10)]
-        duration_s: u64,
-        /// Coordinator nodes.
-        #[arg(long, default_value_t = 3)]
-        nodes: usize,
+        #[command(flatten)]
+        common: Common,
         /// Which nodes the clients talk to.
         #[arg(long, value_enum, default_value_t = Via::All)]
         via: Via,
+        /// Write to a running cluster at these HOST:PORTs (comma-separated, clients spread over
+        /// them) instead of starting one; it needs a site `bench`.
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Vec<String>,
         /// Print one JSON object per round instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// Write throughput with the continuous disk probe off and on (default probe settings
+    /// unless --node-arg says otherwise), in alternating rounds on fresh clusters.
+    ProbeOverhead {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Off/on pairs of rounds.
+        #[arg(long, default_value_t = 3)]
+        pairs: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The same small writes against this fleet cluster and a 3-member etcd 3.4 (the `etcd`
+    /// binary of Debian's etcd-server), in the same run.
+    Etcd {
+        /// Concurrent clients per round, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,64,512")]
+        clients: Vec<usize>,
+        #[command(flatten)]
+        common: Common,
+        /// The etcd binary.
+        #[arg(long, default_value = "etcd")]
+        etcd: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// Measured seconds per round (after one second of warm-up).
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Coordinator nodes (etcd members in `etcd`).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// An extra argument for every `fleet-node coordinator`; repeat for more.
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Via {
     All,
     Leader,
+}
+
+/// The system under test of one round.
+#[derive(Clone)]
+enum Target {
+    Fleet(Vec<String>),
+    Etcd(Vec<String>),
 }
 
 struct Round {
@@ -59,6 +110,19 @@ struct Round {
     latency_us: Histogram<u64>,
 }
 
+impl Round {
+    fn rate(&self) -> f64 {
+        self.writes as f64 / self.seconds
+    }
+
+    fn ms(&self, quantile: f64) -> f64 {
+        self.latency_us.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+/// Bytes of each etcd value: about the size of a registration request.
+const ETCD_VALUE_BYTES: usize = 128;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
@@ -66,23 +130,33 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             BenchCommand::Writes {
                 clients,
-                duration_s,
-                nodes,
+                common,
                 via,
+                endpoints,
                 json,
-            } => writes(clients, Duration::from_secs(duration_s), nodes, via, json).await,
+            } => writes(clients, &common, via, endpoints, json).await,
+            BenchCommand::ProbeOverhead {
+                clients,
+                pairs,
+                common,
+            } => probe_overhead(clients, pairs, &common).await,
+            BenchCommand::Etcd {
+                clients,
+                common,
+                etcd,
+            } => against_etcd(clients, &common, &etcd).await,
         }
     })
 }
 
-async fn writes(
-    rounds: Vec<usize>,
-    duration: Duration,
+/// Starts a fleet cluster with a site to register into; returns it and its client targets.
+async fn start_fleet(
     nodes: usize,
+    node_args: &[String],
     via: Via,
-    json: bool,
-) -> anyhow::Result<()> {
-    let cluster = ProcessCluster::start(nodes, &[]).await;
+) -> anyhow::Result<(ProcessCluster, Vec<String>)> {
+    let args: Vec<&str> = node_args.iter().map(String::as_str).collect();
+    let cluster = ProcessCluster::start(nodes, &args).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let targets: Vec<String> = match via {
         Via::All => cluster.nodes.iter().map(|n| n.address.clone()).collect(),
@@ -95,32 +169,51 @@ async fn writes(
             reason: String::new(),
         })
         .await?;
-    eprintln!(
-        "fleet-bench writes: {nodes} coordinator processes in {}, leader {leader}, clients via {}",
-        cluster.dir().display(),
-        if via == Via::All {
-            "all nodes"
-        } else {
-            "the leader"
-        }
-    );
+    Ok((cluster, targets))
+}
+
+async fn writes(
+    rounds: Vec<usize>,
+    common: &Common,
+    via: Via,
+    endpoints: Vec<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (_cluster, targets) = if endpoints.is_empty() {
+        let (cluster, targets) = start_fleet(common.nodes, &common.node_args, via).await?;
+        eprintln!(
+            "fleet-bench writes: {} coordinator processes in {}, clients via {}",
+            common.nodes,
+            cluster.dir().display(),
+            if via == Via::All {
+                "all nodes"
+            } else {
+                "the leader"
+            }
+        );
+        (Some(cluster), targets)
+    } else {
+        eprintln!("fleet-bench writes: clients via {}", endpoints.join(","));
+        (None, endpoints)
+    };
     if !json {
         println!(
             "{:>7}  {:>8}  {:>6}  {:>9}  {:>8}  {:>8}  {:>8}  {:>6}",
             "clients", "writes", "secs", "writes/s", "p50_ms", "p99_ms", "max_ms", "errors"
         );
     }
+    let duration = Duration::from_secs(common.duration_s);
+    let target = Target::Fleet(targets);
     for (round_no, clients) in rounds.into_iter().enumerate() {
-        let round = run_round(round_no, clients, duration, &targets).await?;
-        let ms = |q: f64| round.latency_us.value_at_quantile(q) as f64 / 1000.0;
-        let rate = round.writes as f64 / round.seconds;
+        let round = run_round(round_no, clients, duration, &target).await?;
         if json {
             println!(
                 "{}",
                 serde_json::json!({
                     "clients": round.clients, "writes": round.writes, "errors": round.errors,
-                    "seconds": round.seconds, "writes_per_s": rate,
-                    "p50_ms": ms(0.5), "p99_ms": ms(0.99), "max_ms": round.latency_us.max() as f64 / 1000.0,
+                    "seconds": round.seconds, "writes_per_s": round.rate(),
+                    "p50_ms": round.ms(0.5), "p99_ms": round.ms(0.99),
+                    "max_ms": round.latency_us.max() as f64 / 1000.0,
                 })
             );
         } else {
@@ -129,63 +222,231 @@ async fn writes(
                 round.clients,
                 round.writes,
                 round.seconds,
-                rate,
-                ms(0.5),
-                ms(0.99),
+                round.rate(),
+                round.ms(0.5),
+                round.ms(0.99),
                 round.latency_us.max() as f64 / 1000.0,
                 round.errors
             );
         }
-        if round.errors > 0 {
-            bail!(
-                "{} writes failed in the round with {clients} clients",
-                round.errors
-            );
-        }
+        fail_on_errors(&round)?;
     }
     Ok(())
+}
+
+async fn probe_overhead(clients: usize, pairs: usize, common: &Common) -> anyhow::Result<()> {
+    let duration = Duration::from_secs(common.duration_s);
+    let mut off_args = common.node_args.clone();
+    off_args.extend(["--disk-probe-interval-ms".to_string(), "0".to_string()]);
+    eprintln!(
+        "fleet-bench probe-overhead: {pairs} pairs of {}s rounds, {clients} clients, {} nodes; probe on = {:?}",
+        common.duration_s,
+        common.nodes,
+        if common.node_args.is_empty() {
+            "default settings".to_string()
+        } else {
+            common.node_args.join(" ")
+        }
+    );
+    println!(
+        "{:>4}  {:>12}  {:>11}  {:>10}",
+        "pair", "off_writes/s", "on_writes/s", "overhead_%"
+    );
+    let mut overheads = Vec::new();
+    for pair in 0..pairs {
+        // Alternate which goes first, so a drift of the machine does not favour one side.
+        let order = if pair % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        let (mut off, mut on) = (0.0, 0.0);
+        for probe_on in order {
+            let args = if probe_on {
+                &common.node_args
+            } else {
+                &off_args
+            };
+            let (_cluster, targets) = start_fleet(common.nodes, args, Via::All).await?;
+            let round = run_round(0, clients, duration, &Target::Fleet(targets)).await?;
+            fail_on_errors(&round)?;
+            if probe_on {
+                on = round.rate();
+            } else {
+                off = round.rate();
+            }
+        }
+        let overhead = (off - on) / off * 100.0;
+        overheads.push(overhead);
+        println!("{pair:>4}  {off:>12.0}  {on:>11.0}  {overhead:>10.2}");
+    }
+    overheads.sort_by(f64::total_cmp);
+    println!(
+        "median probe overhead: {:.2}% of write throughput (negative: within noise, on was faster)",
+        overheads[overheads.len() / 2]
+    );
+    Ok(())
+}
+
+async fn against_etcd(rounds: Vec<usize>, common: &Common, etcd: &Path) -> anyhow::Result<()> {
+    let duration = Duration::from_secs(common.duration_s);
+    let work = tempfile::Builder::new()
+        .prefix("fleet-vs-etcd-")
+        .tempdir()?;
+    eprintln!(
+        "fleet-bench etcd: {} fleet coordinators and {} etcd members per round, fresh for each \
+         round, data under {}",
+        common.nodes,
+        common.nodes,
+        work.path().display()
+    );
+    println!(
+        "{:>7}  {:>13}  {:>9}  {:>9}  {:>12}  {:>9}  {:>9}  {:>11}  {:>9}",
+        "clients",
+        "fleet_wr/s",
+        "fleet_p50",
+        "fleet_p99",
+        "etcd_wr/s",
+        "etcd_p50",
+        "etcd_p99",
+        "wr/s_ratio",
+        "p99_ratio"
+    );
+    for (round_no, clients) in rounds.into_iter().enumerate() {
+        let fleet = {
+            let (_cluster, targets) =
+                start_fleet(common.nodes, &common.node_args, Via::All).await?;
+            run_round(round_no, clients, duration, &Target::Fleet(targets)).await?
+        };
+        let etcd_round = {
+            let dir = work.path().join(format!("etcd-round-{round_no}"));
+            let cluster = EtcdCluster::start(etcd, &dir, common.nodes)?;
+            cluster.wait_ready().await?;
+            run_round(
+                round_no,
+                clients,
+                duration,
+                &Target::Etcd(cluster.endpoints()),
+            )
+            .await?
+        };
+        println!(
+            "{:>7}  {:>13.0}  {:>9.2}  {:>9.2}  {:>12.0}  {:>9.2}  {:>9.2}  {:>11.2}  {:>9.2}",
+            clients,
+            fleet.rate(),
+            fleet.ms(0.5),
+            fleet.ms(0.99),
+            etcd_round.rate(),
+            etcd_round.ms(0.5),
+            etcd_round.ms(0.99),
+            fleet.rate() / etcd_round.rate(),
+            fleet.ms(0.99) / etcd_round.ms(0.99),
+        );
+        fail_on_errors(&fleet)?;
+        fail_on_errors(&etcd_round)?;
+    }
+    println!(
+        "latencies in ms; wr/s_ratio = fleet/etcd (above 1: fleet is faster); \
+         p99_ratio = fleet/etcd (below 1: fleet is faster)"
+    );
+    Ok(())
+}
+
+fn fail_on_errors(round: &Round) -> anyhow::Result<()> {
+    if round.errors > 0 {
+        bail!(
+            "{} writes failed in the round with {} clients",
+            round.errors,
+            round.clients
+        );
+    }
+    Ok(())
+}
+
+/// One connection of one client.
+enum Connection {
+    Fleet(fleet_node::proto::fleet_service_client::FleetServiceClient<tonic::transport::Channel>),
+    Etcd(Box<etcd_client::KvClient>),
+}
+
+impl Connection {
+    async fn open(target: &Target, client_no: usize) -> anyhow::Result<Self> {
+        Ok(match target {
+            Target::Fleet(addresses) => {
+                let address = &addresses[client_no % addresses.len()];
+                Connection::Fleet(connect(address).await.context("connect to fleet")?)
+            }
+            Target::Etcd(endpoints) => {
+                let endpoint = endpoints[client_no % endpoints.len()].clone();
+                let client = etcd_client::Client::connect([endpoint], None)
+                    .await
+                    .context("connect to etcd")?;
+                Connection::Etcd(Box::new(client.kv_client()))
+            }
+        })
+    }
+
+    /// One small write: a cluster registration, or an etcd put of a value of the same size.
+    async fn write(&mut self, name: String) -> Result<(), String> {
+        match self {
+            Connection::Fleet(client) => client
+                .register_cluster(RegisterClusterRequest {
+                    name,
+                    site: "bench".into(),
+                    environment: "staging".into(),
+                    labels: Default::default(),
+                    reason: String::new(),
+                })
+                .await
+                .map(|_| ())
+                .map_err(|s| s.to_string()),
+            Connection::Etcd(kv) => kv
+                .put(name, vec![b'x'; ETCD_VALUE_BYTES], None)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        }
+    }
 }
 
 async fn run_round(
     round_no: usize,
     clients: usize,
     duration: Duration,
-    targets: &[String],
+    target: &Target,
 ) -> anyhow::Result<Round> {
+    // Names unique across runs, for runs against the same running cluster.
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() % 100_000_000);
     let warmup = Duration::from_secs(1);
-    let start = Instant::now() + Duration::from_millis(200);
+    let start = Instant::now() + Duration::from_millis(200 + clients as u64 * 2);
     let measure_from = start + warmup;
     let end = measure_from + duration;
     let mut tasks = Vec::new();
     for client_no in 0..clients {
-        let address = targets[client_no % targets.len()].clone();
+        let target = target.clone();
         tasks.push(tokio::spawn(async move {
-            let mut client = connect(&address).await.context("connect")?;
+            let mut connection = Connection::open(&target, client_no).await?;
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let (mut writes, mut errors, mut i) = (0u64, 0u64, 0u64);
             tokio::time::sleep_until(start.into()).await;
             while Instant::now() < end {
-                let request = RegisterClusterRequest {
-                    name: format!("b{round_no}-c{client_no}-{i}"),
-                    site: "bench".into(),
-                    environment: "staging".into(),
-                    labels: Default::default(),
-                    reason: String::new(),
-                };
+                let name = format!("b{run_id}-{round_no}-c{client_no}-{i}");
                 i += 1;
                 let sent = Instant::now();
-                let result = client.register_cluster(request).await;
+                let result = connection.write(name).await;
                 if sent < measure_from {
                     continue;
                 }
                 match result {
-                    Ok(_) => {
+                    Ok(()) => {
                         writes += 1;
                         histogram.record(sent.elapsed().as_micros().max(1) as u64)?;
                     }
-                    Err(status) => {
+                    Err(error) => {
                         errors += 1;
-                        eprintln!("write failed: {status}");
+                        eprintln!("write failed: {error}");
                     }
                 }
             }
@@ -207,4 +468,96 @@ async fn run_round(
     }
     round.seconds = (Instant::now() - measure_from).as_secs_f64();
     Ok(round)
+}
+
+/// A 3-member (or `size`-member) etcd cluster on loopback, stopped by pid when dropped.
+struct EtcdCluster {
+    members: Vec<Child>,
+    client_urls: Vec<String>,
+}
+
+impl EtcdCluster {
+    fn start(binary: &Path, dir: &Path, size: usize) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let peers: Vec<(String, String, String)> = (0..size)
+            .map(|i| {
+                (
+                    format!("e{i}"),
+                    format!("http://127.0.0.1:{}", free_port()),
+                    format!("http://127.0.0.1:{}", free_port()),
+                )
+            })
+            .collect();
+        let initial_cluster: Vec<String> = peers
+            .iter()
+            .map(|(name, peer, _)| format!("{name}={peer}"))
+            .collect();
+        let mut cluster = EtcdCluster {
+            members: Vec::new(),
+            client_urls: Vec::new(),
+        };
+        for (name, peer, client) in &peers {
+            let log = File::create(dir.join(format!("{name}.log")))?;
+            let child = Command::new(binary)
+                .args(["--name", name])
+                .arg("--data-dir")
+                .arg(dir.join(name))
+                .args(["--listen-peer-urls", peer])
+                .args(["--initial-advertise-peer-urls", peer])
+                .args(["--listen-client-urls", client])
+                .args(["--advertise-client-urls", client])
+                .args(["--initial-cluster", &initial_cluster.join(",")])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", "fleet-bench"])
+                .args(["--logger", "zap", "--log-level", "warn"])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| {
+                    format!(
+                        "start {} (install Debian's etcd-server, or pass --etcd PATH)",
+                        binary.display()
+                    )
+                })?;
+            cluster.members.push(child);
+            cluster.client_urls.push(client.clone());
+        }
+        Ok(cluster)
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.client_urls.clone()
+    }
+
+    /// Waits until a write through every member succeeds.
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for url in &self.client_urls {
+            loop {
+                let attempt = async {
+                    let mut client = etcd_client::Client::connect([url.clone()], None).await?;
+                    client.put("fleet-bench-ready", "1", None).await?;
+                    Ok::<_, etcd_client::Error>(())
+                };
+                match attempt.await {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() > deadline => {
+                        bail!("etcd member {url} not ready after 30 s: {e}")
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            let _ = member.kill();
+            let _ = member.wait();
+        }
+    }
 }
