@@ -271,6 +271,11 @@ pub async fn run_probe(config: ProbeConfig, health: Arc<DiskHealth>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        // `disk-probe-burst=return` skips bursts (the probe-overhead benchmark turns the probe
+        // off and on with it on a running cluster).
+        if fail::eval("disk-probe-burst", |_| ()).is_some() {
+            continue;
+        }
         let file = file.clone();
         let recorder = health.clone();
         let writes = config.writes_per_burst;

@@ -74,7 +74,7 @@ impl Default for GuardConfig {
             limit_us: FDATASYNC_P99_LIMIT.as_micros() as u64,
             sustain_s: 3,
             dwell: Duration::from_secs(5),
-            retry_after: Duration::from_secs(10),
+            retry_after: Duration::from_secs(5),
             leaderless_override: Duration::from_secs(3),
         }
     }

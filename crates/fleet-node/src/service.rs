@@ -464,6 +464,6 @@ impl RaftService for RaftApi {
 }
 
 /// The failpoints a node has.
-pub const FAILPOINTS: [&str; 3] = ["log-flush", "vote-flush", "disk-probe"];
+pub const FAILPOINTS: [&str; 4] = ["log-flush", "vote-flush", "disk-probe", "disk-probe-burst"];
 /// Longest failpoint action string.
 pub const MAX_FAILPOINT_ACTIONS_BYTES: usize = 256;

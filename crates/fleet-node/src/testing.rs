@@ -182,9 +182,15 @@ impl ProcessCluster {
     /// Starts `size` nodes: node 1 bootstraps, the others join it. Returns once every node is
     /// a voter and a leader is known. `extra_args` go to every node.
     pub async fn start(size: usize, extra_args: &[&str]) -> Self {
+        Self::start_in(&std::env::temp_dir(), size, extra_args).await
+    }
+
+    /// Like [`ProcessCluster::start`], with the data dirs in a new directory under `base`
+    /// (e.g. a tmpfs, for a test that must not depend on the machine's disk).
+    pub async fn start_in(base: &Path, size: usize, extra_args: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("fleet-cluster-")
-            .tempdir()
+            .tempdir_in(base)
             .expect("temp dir");
         let binary = fleet_node_binary();
         let mut cluster = ProcessCluster {

@@ -2,6 +2,11 @@
 //! every log flush of the leader (the `log-flush` failpoint, set at run time) moves leadership
 //! to a healthy follower; writes are fast again, nothing flaps, and removing the fault does
 //! not hand leadership back.
+//!
+//! The data dirs are on tmpfs (/dev/shm) when it has 1 GiB free: the injected delay must be the
+//! only slow disk. On this project's CI machine the real disk has spells of several seconds in
+//! which every node's fdatasync p99 exceeds 10 ms; the guard then rightly finds no healthy
+//! follower, and the test would judge the machine rather than the hand-over.
 
 mod common;
 
@@ -57,7 +62,18 @@ fn p99(mut latencies: Vec<Duration>) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_leader_disk_moves_leadership_to_a_healthy_follower_without_flapping() {
-    let cluster = ProcessCluster::start(3, &["--allow-failpoint-rpc"]).await;
+    // A container's /dev/shm is often 64 MiB: too small for three sled databases.
+    let shm = std::path::Path::new("/dev/shm");
+    let roomy = nix::sys::statvfs::statvfs(shm)
+        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64 >= 1 << 30)
+        .unwrap_or(false);
+    let base = if roomy {
+        shm.to_path_buf()
+    } else {
+        eprintln!("no roomy tmpfs at /dev/shm: data dirs on the real disk");
+        std::env::temp_dir()
+    };
+    let cluster = ProcessCluster::start_in(&base, 3, &["--allow-failpoint-rpc"]).await;
     let old_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let watcher = cluster.others(old_leader)[0];
     add_site(&mut client(&cluster.address(watcher)).await, "oslo")
@@ -108,13 +124,21 @@ async fn a_slow_leader_disk_moves_leadership_to_a_healthy_follower_without_flapp
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut c = client(&cluster.address(new_leader)).await;
     let mut latencies = Vec::new();
-    for i in 0..300 {
+    for i in 0..1000 {
         let started = Instant::now();
         register(&mut c, &format!("after-{i}"), "oslo")
             .await
             .expect("write after the hand-over");
         latencies.push(started.elapsed());
     }
+    let mut sorted = latencies.clone();
+    sorted.sort();
+    eprintln!(
+        "writes after the hand-over: p50 {:?}, p90 {:?}, worst ten {:?}",
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() * 9 / 10],
+        &sorted[sorted.len() - 10..]
+    );
     let after_p99 = p99(latencies);
     eprintln!("write p99 after the hand-over: {after_p99:?}");
     paused.store(false, Ordering::Relaxed);

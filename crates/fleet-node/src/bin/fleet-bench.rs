@@ -2,8 +2,8 @@
 //! write (a cluster registration); each client writes in a closed loop on its own connection.
 //!
 //! - `writes`: throughput and latency for a list of client counts.
-//! - `probe-overhead`: the same rounds with the continuous disk probe off and on, alternated
-//!   on fresh clusters, and the throughput it costs.
+//! - `probe-overhead`: rounds of registrations and removals with the continuous disk probe off
+//!   and on, alternated on one cluster, and the throughput it costs.
 //! - `etcd`: the same workload against a 3-member etcd 3.4 (Debian's `etcd-server`, started
 //!   here on loopback with its data on the same filesystem) in the same run, with ratios.
 //!
@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fleet_node::proto::{AddSiteRequest, RegisterClusterRequest};
+use fleet_node::proto::{AddSiteRequest, RegisterClusterRequest, RemoveClusterRequest};
+use fleet_node::testing::set_failpoint;
 use fleet_node::testing::{ProcessCluster, connect, free_port};
 use hdrhistogram::Histogram;
 
@@ -51,7 +52,7 @@ enum BenchCommand {
         json: bool,
     },
     /// Write throughput with the continuous disk probe off and on (default probe settings
-    /// unless --node-arg says otherwise), in alternating rounds on fresh clusters.
+    /// unless --node-arg says otherwise), in alternating rounds on one cluster.
     ProbeOverhead {
         /// Concurrent clients.
         #[arg(long, default_value_t = 64)]
@@ -93,6 +94,15 @@ struct Common {
 enum Via {
     All,
     Leader,
+}
+
+/// What each client writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    /// A new cluster (for etcd: a new key) per write.
+    Register,
+    /// Register a cluster, then remove it: the state stays small however long the run.
+    Churn,
 }
 
 /// The system under test of one round.
@@ -236,12 +246,16 @@ async fn writes(
 
 async fn probe_overhead(clients: usize, pairs: usize, common: &Common) -> anyhow::Result<()> {
     let duration = Duration::from_secs(common.duration_s);
-    let mut off_args = common.node_args.clone();
-    off_args.extend(["--disk-probe-interval-ms".to_string(), "0".to_string()]);
+    let mut args = common.node_args.clone();
+    args.push("--allow-failpoint-rpc".into());
+    let (cluster, targets) = start_fleet(common.nodes, &args, Via::All).await?;
+    let addresses: Vec<String> = cluster.nodes.iter().map(|n| n.address.clone()).collect();
     eprintln!(
-        "fleet-bench probe-overhead: {pairs} pairs of {}s rounds, {clients} clients, {} nodes; probe on = {:?}",
-        common.duration_s,
+        "fleet-bench probe-overhead: one cluster of {} nodes in {}, {pairs} off/on pairs of {}s \
+         rounds, {clients} clients registering and removing clusters; probe on = {}",
         common.nodes,
+        cluster.dir().display(),
+        common.duration_s,
         if common.node_args.is_empty() {
             "default settings".to_string()
         } else {
@@ -252,7 +266,9 @@ async fn probe_overhead(clients: usize, pairs: usize, common: &Common) -> anyhow
         "{:>4}  {:>12}  {:>11}  {:>10}",
         "pair", "off_writes/s", "on_writes/s", "overhead_%"
     );
+    let target = Target::Fleet(targets);
     let mut overheads = Vec::new();
+    let mut round_no = 0;
     for pair in 0..pairs {
         // Alternate which goes first, so a drift of the machine does not favour one side.
         let order = if pair % 2 == 0 {
@@ -262,13 +278,15 @@ async fn probe_overhead(clients: usize, pairs: usize, common: &Common) -> anyhow
         };
         let (mut off, mut on) = (0.0, 0.0);
         for probe_on in order {
-            let args = if probe_on {
-                &common.node_args
-            } else {
-                &off_args
-            };
-            let (_cluster, targets) = start_fleet(common.nodes, args, Via::All).await?;
-            let round = run_round(0, clients, duration, &Target::Fleet(targets)).await?;
+            // The probe is switched with the `disk-probe-burst` failpoint on every node.
+            let action = if probe_on { "off" } else { "return" };
+            for address in &addresses {
+                set_failpoint(address, "disk-probe-burst", action)
+                    .await
+                    .context("switch the probe")?;
+            }
+            let round = run_workload(round_no, clients, duration, &target, Workload::Churn).await?;
+            round_no += 1;
             fail_on_errors(&round)?;
             if probe_on {
                 on = round.rate();
@@ -282,7 +300,7 @@ async fn probe_overhead(clients: usize, pairs: usize, common: &Common) -> anyhow
     }
     overheads.sort_by(f64::total_cmp);
     println!(
-        "median probe overhead: {:.2}% of write throughput (negative: within noise, on was faster)",
+        "median probe overhead: {:.2}% of write throughput (negative: on was faster, within noise)",
         overheads[overheads.len() / 2]
     );
     Ok(())
@@ -407,6 +425,21 @@ impl Connection {
                 .map_err(|e| e.to_string()),
         }
     }
+
+    /// Removes a registered cluster (fleet only).
+    async fn remove(&mut self, name: String) -> Result<(), String> {
+        match self {
+            Connection::Fleet(client) => client
+                .remove_cluster(RemoveClusterRequest {
+                    name,
+                    reason: String::new(),
+                })
+                .await
+                .map(|_| ())
+                .map_err(|s| s.to_string()),
+            Connection::Etcd(_) => Err("the churn workload is for fleet only".into()),
+        }
+    }
 }
 
 async fn run_round(
@@ -414,6 +447,16 @@ async fn run_round(
     clients: usize,
     duration: Duration,
     target: &Target,
+) -> anyhow::Result<Round> {
+    run_workload(round_no, clients, duration, target, Workload::Register).await
+}
+
+async fn run_workload(
+    round_no: usize,
+    clients: usize,
+    duration: Duration,
+    target: &Target,
+    workload: Workload,
 ) -> anyhow::Result<Round> {
     // Names unique across runs, for runs against the same running cluster.
     let run_id = std::time::SystemTime::now()
@@ -432,11 +475,21 @@ async fn run_round(
             let (mut writes, mut errors, mut i) = (0u64, 0u64, 0u64);
             tokio::time::sleep_until(start.into()).await;
             while Instant::now() < end {
-                let name = format!("b{run_id}-{round_no}-c{client_no}-{i}");
-                i += 1;
                 let sent = Instant::now();
-                let result = connection.write(name).await;
+                let result = if workload == Workload::Churn && i % 2 == 1 {
+                    let name = format!("b{run_id}-{round_no}-c{client_no}-{}", i - 1);
+                    connection.remove(name).await
+                } else {
+                    let name = format!("b{run_id}-{round_no}-c{client_no}-{i}");
+                    connection.write(name).await
+                };
+                i += 1;
                 if sent < measure_from {
+                    // Not measured, but a failure here would break the churn's pairs.
+                    if let Err(error) = result {
+                        errors += 1;
+                        eprintln!("write failed during warm-up: {error}");
+                    }
                     continue;
                 }
                 match result {
