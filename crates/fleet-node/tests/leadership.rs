@@ -65,7 +65,7 @@ async fn a_slow_leader_disk_moves_leadership_to_a_healthy_follower_without_flapp
     // A container's /dev/shm is often 64 MiB: too small for three sled databases.
     let shm = std::path::Path::new("/dev/shm");
     let roomy = nix::sys::statvfs::statvfs(shm)
-        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64 >= 1 << 30)
+        .map(|s| s.blocks_available() * s.fragment_size() >= 1 << 30)
         .unwrap_or(false);
     let base = if roomy {
         shm.to_path_buf()
