@@ -2,9 +2,10 @@
 //! (its core loop awaits the flush of one entry before it takes the next), so the leader packs
 //! the commands that arrive while earlier entries are being persisted into one log entry.
 //!
-//! The `write-batcher` task takes an in-flight permit first and only then drains the queue:
-//! while [`MAX_ENTRIES_IN_FLIGHT`] entries are being written and replicated, new commands wait
-//! and go out together in the next entry. A lone command goes out at once.
+//! The `write-batcher` task takes the first waiting command, then an in-flight permit, and only
+//! then drains the queue: while [`MAX_ENTRIES_IN_FLIGHT`] entries are being written and
+//! replicated, new commands wait and go out together in the next entry. A lone command goes
+//! out at once.
 
 use std::sync::Arc;
 
@@ -52,6 +53,7 @@ struct Queued {
 pub struct Batcher {
     queue: mpsc::Sender<Queued>,
     hold: watch::Sender<bool>,
+    in_flight: Arc<Semaphore>,
 }
 
 impl Batcher {
@@ -59,15 +61,31 @@ impl Batcher {
     pub fn start(raft: Raft) -> Self {
         let (queue, pending) = mpsc::channel(MAX_QUEUED_COMMANDS);
         let (hold, held) = watch::channel(false);
-        spawn_named("write-batcher", run(raft, pending, held));
-        Batcher { queue, hold }
+        let in_flight = Arc::new(Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
+        spawn_named("write-batcher", run(raft, pending, held, in_flight.clone()));
+        Batcher {
+            queue,
+            hold,
+            in_flight,
+        }
     }
 
-    /// Holds new entries back (commands queue up) or lets them go again. A leader holds them
-    /// while it hands leadership over, so the successor's log can catch up with its own; the
-    /// commands held go out when released, and fail with `NotLeader` if leadership moved.
-    pub fn hold(&self, on: bool) {
-        self.hold.send_replace(on);
+    /// Holds new entries back (commands queue up) and waits until every entry already
+    /// proposed has finished, so the log stops growing. A leader holds while it hands
+    /// leadership over, so the successor's log can become as long as its own.
+    pub async fn hold(&self) {
+        self.hold.send_replace(true);
+        let all = self
+            .in_flight
+            .acquire_many(MAX_ENTRIES_IN_FLIGHT as u32)
+            .await
+            .expect("the semaphore is never closed");
+        drop(all);
+    }
+
+    /// Lets held commands go out; they fail with `NotLeader` if leadership moved meanwhile.
+    pub fn release(&self) {
+        self.hold.send_replace(false);
     }
 
     /// Proposes one command and waits until its entry is applied.
@@ -89,24 +107,31 @@ impl Batcher {
 
 /// # Cancel safety
 /// Runs until every [`Batcher`] is dropped.
-async fn run(raft: Raft, mut pending: mpsc::Receiver<Queued>, mut held: watch::Receiver<bool>) {
-    let in_flight = Arc::new(Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
+async fn run(
+    raft: Raft,
+    mut pending: mpsc::Receiver<Queued>,
+    mut held: watch::Receiver<bool>,
+    in_flight: Arc<Semaphore>,
+) {
     loop {
-        let permit = in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        if held.wait_for(|on| !*on).await.is_err() {
-            return;
-        }
         let Some(first) = pending.recv().await else {
             return;
         };
-        // A hold may have begun while this task waited for the first command.
-        if held.wait_for(|on| !*on).await.is_err() {
-            return;
-        }
+        // A permit is taken only while no hold is on, and a hold that begins after the check
+        // waits for this permit (see `Batcher::hold`): no entry slips past a hold.
+        let permit = loop {
+            if held.wait_for(|on| !*on).await.is_err() {
+                return;
+            }
+            let permit = in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            if !*held.borrow() {
+                break permit;
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_COMMANDS_PER_ENTRY {
             match pending.try_recv() {

@@ -7,7 +7,7 @@
 //! - **Stalled** when each of the last `sustain` seconds had a p99 above the limit (10 ms,
 //!   etcd's rule), or one fdatasync has hung for `sustain`. A single slow second is not enough.
 //! - **Clear again** only when no second of the last `sustain` had a p99 at or above half the
-//!   limit (hysteresis), and nothing hangs.
+//!   limit (hysteresis), at least one had samples, and nothing hangs.
 //!
 //! A stalled node does not campaign (openraft's `elect` switch), unless no leader has been
 //! known for `leaderless_override`: availability wins over preference when every disk is slow.
@@ -15,7 +15,8 @@
 //! A stalled leader that has led for at least `dwell` hands over: it asks the other voters
 //! for their disk health (`GetCoordinatorStatus`), picks the follower that is not stalled,
 //! whose recent p99 is under the limit and under half its own, and whose log is within
-//! [`MAX_SUCCESSOR_LAG`] entries of its own, preferring the lowest p99. It holds new entries back, waits until that
+//! [`MAX_SUCCESSOR_LAG`] entries of its own, preferring the lowest p99. It holds new entries
+//! back (waiting for those in flight to finish), waits until that
 //! follower has every entry, and sends it `TakeLeadership`. The follower checks its own disk
 //! and log and campaigns at once; the old leader grants the vote (its log is no longer, and a
 //! leader's own lease does not stop it from voting) and steps down. Once another node leads,
@@ -106,7 +107,10 @@ impl StallVerdict {
             && p99s_us
                 .iter()
                 .all(|p| p.is_some_and(|p| p > config.limit_us));
+        // Seconds without samples say nothing: a stalled follower without a leader flushes
+        // nothing, and must not look recovered for that.
         let calm = in_flight.is_none_or(|d| d.as_micros() < u128::from(config.limit_us))
+            && p99s_us.iter().any(Option::is_some)
             && p99s_us
                 .iter()
                 .all(|p| p.is_none_or(|p| p < config.limit_us / 2));
@@ -317,9 +321,11 @@ async fn hand_over(
         "disk stalled: handing leadership over"
     );
 
-    coordinator.batcher.hold(true);
-    let moved = hand_over_to(coordinator, &successor, from_p99s_us.clone(), config).await;
-    coordinator.batcher.hold(false);
+    let moved = match tokio::time::timeout(CATCH_UP_WAIT, coordinator.batcher.hold()).await {
+        Ok(()) => hand_over_to(coordinator, &successor, from_p99s_us.clone(), config).await,
+        Err(_) => Err("entries in flight did not finish in time".to_string()),
+    };
+    coordinator.batcher.release();
     let (new_leader, term) = moved?;
 
     // Recorded by the old leader once it follows: the write goes to the new leader, and is
@@ -507,6 +513,15 @@ mod tests {
         assert!(verdict.observe(&[Some(7_000), Some(6_000), Some(8_000)], None, &config));
         assert!(verdict.observe(&[Some(6_000), Some(3_000), Some(900)], None, &config));
         assert!(!verdict.observe(&[Some(3_000), Some(900), Some(700)], None, &config));
+    }
+
+    #[test]
+    fn seconds_without_samples_do_not_clear_a_stalled_disk() {
+        let config = config();
+        let mut verdict = StallVerdict::default();
+        verdict.observe(&[Some(20_000); 3], None, &config);
+        assert!(verdict.observe(&[None, None, None], None, &config));
+        assert!(!verdict.observe(&[None, Some(800), None], None, &config));
     }
 
     #[test]
