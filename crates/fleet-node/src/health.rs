@@ -123,16 +123,36 @@ impl WindowedLatency {
 /// Both series of one node, shared by the flusher, the probe, the leadership guard and the
 /// status service.
 pub struct DiskHealth {
-    probe: Mutex<WindowedLatency>,
-    flush: Mutex<WindowedLatency>,
+    probe: Series,
+    flush: Series,
     /// Every fdatasync of this node (probe and log flush) in one-second slots: what the
     /// leadership guard judges the disk by.
     seconds: Mutex<WindowedLatency>,
-    /// When the log flush and the probe write now running began.
-    flush_started: Mutex<Option<Instant>>,
-    probe_started: Mutex<Option<Instant>>,
     /// The leadership guard's verdict: this node's disk is too slow to lead.
     stalled: AtomicBool,
+}
+
+/// One kind of fdatasync: its latencies, and when the one now running began.
+struct Series {
+    window: Mutex<WindowedLatency>,
+    started: Mutex<Option<Instant>>,
+}
+
+impl Series {
+    fn new(origin: Instant) -> Self {
+        Series {
+            window: Mutex::new(WindowedLatency::new(origin)),
+            started: Mutex::new(None),
+        }
+    }
+
+    fn begin(&self) {
+        *self.started.lock().expect("lock") = Some(Instant::now());
+    }
+
+    fn started(&self) -> Option<Instant> {
+        *self.started.lock().expect("lock")
+    }
 }
 
 /// The span of the `recent` summary.
@@ -164,11 +184,9 @@ impl Default for DiskHealth {
     fn default() -> Self {
         let now = Instant::now();
         DiskHealth {
-            probe: Mutex::new(WindowedLatency::new(now)),
-            flush: Mutex::new(WindowedLatency::new(now)),
+            probe: Series::new(now),
+            flush: Series::new(now),
             seconds: Mutex::new(WindowedLatency::with_slots(now, SECOND, SECONDS_KEPT)),
-            flush_started: Mutex::new(None),
-            probe_started: Mutex::new(None),
             stalled: AtomicBool::new(false),
         }
     }
@@ -177,37 +195,37 @@ impl Default for DiskHealth {
 impl DiskHealth {
     /// A probe write and its fdatasync begin.
     pub fn probe_started(&self) {
-        *self.probe_started.lock().expect("lock") = Some(Instant::now());
+        self.probe.begin();
     }
 
     /// A probe write and its fdatasync took `latency`.
     pub fn record_probe(&self, latency: Duration) {
-        let now = Instant::now();
-        *self.probe_started.lock().expect("lock") = None;
-        self.probe.lock().expect("lock").record(now, latency);
-        self.seconds.lock().expect("lock").record(now, latency);
+        self.finish(&self.probe, latency);
     }
 
     /// A log flush begins.
     pub fn flush_started(&self) {
-        *self.flush_started.lock().expect("lock") = Some(Instant::now());
+        self.flush.begin();
     }
 
     /// A log flush took `latency`.
     pub fn record_flush(&self, latency: Duration) {
+        self.finish(&self.flush, latency);
+    }
+
+    fn finish(&self, series: &Series, latency: Duration) {
         let now = Instant::now();
-        *self.flush_started.lock().expect("lock") = None;
-        self.flush.lock().expect("lock").record(now, latency);
+        *series.started.lock().expect("lock") = None;
+        series.window.lock().expect("lock").record(now, latency);
         self.seconds.lock().expect("lock").record(now, latency);
     }
 
     /// How long the oldest fdatasync still running has been running.
     pub fn oldest_in_flight(&self, now: Instant) -> Option<Duration> {
-        let flush = *self.flush_started.lock().expect("lock");
-        let probe = *self.probe_started.lock().expect("lock");
-        flush
+        self.flush
+            .started()
             .into_iter()
-            .chain(probe)
+            .chain(self.probe.started())
             .min()
             .map(|started| now.saturating_duration_since(started))
     }
@@ -226,8 +244,8 @@ impl DiskHealth {
 
     pub fn report(&self) -> DiskReport {
         let now = Instant::now();
-        let probe = self.probe.lock().expect("lock");
-        let flush = self.flush.lock().expect("lock");
+        let probe = self.probe.window.lock().expect("lock");
+        let flush = self.flush.window.lock().expect("lock");
         let seconds = self.seconds.lock().expect("lock");
         DiskReport {
             probe_short: probe.summary(now, WINDOW_SHORT),

@@ -322,7 +322,7 @@ async fn hand_over(
     );
 
     let moved = match tokio::time::timeout(CATCH_UP_WAIT, coordinator.batcher.hold()).await {
-        Ok(()) => hand_over_to(coordinator, &successor, from_p99s_us.clone(), config).await,
+        Ok(()) => hand_over_to(coordinator, &successor, &from_p99s_us, config).await,
         Err(_) => Err("entries in flight did not finish in time".to_string()),
     };
     coordinator.batcher.release();
@@ -369,7 +369,7 @@ async fn hand_over(
 async fn hand_over_to(
     coordinator: &Coordinator,
     successor: &Candidate,
-    from_p99s_us: Vec<u64>,
+    from_p99s_us: &[u64],
     config: &GuardConfig,
 ) -> Result<(NodeId, u64), String> {
     // Wait until the successor holds every entry this leader has.
@@ -395,7 +395,7 @@ async fn hand_over_to(
         from_node: coordinator.id,
         term: caught_up.current_term,
         leader_last_index: caught_up.last_log_index.unwrap_or(0),
-        from_p99s_us,
+        from_p99s_us: from_p99s_us.to_vec(),
         to_p99_us: successor.score_us(),
         limit_us: config.limit_us,
     };

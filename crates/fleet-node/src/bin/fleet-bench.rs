@@ -215,7 +215,7 @@ async fn writes(
     let duration = Duration::from_secs(common.duration_s);
     let target = Target::Fleet(targets);
     for (round_no, clients) in rounds.into_iter().enumerate() {
-        let round = run_round(round_no, clients, duration, &target).await?;
+        let round = run_workload(round_no, clients, duration, &target, Workload::Register).await?;
         if json {
             println!(
                 "{}",
@@ -334,17 +334,25 @@ async fn against_etcd(rounds: Vec<usize>, common: &Common, etcd: &Path) -> anyho
         let fleet = {
             let (_cluster, targets) =
                 start_fleet(common.nodes, &common.node_args, Via::All).await?;
-            run_round(round_no, clients, duration, &Target::Fleet(targets)).await?
+            run_workload(
+                round_no,
+                clients,
+                duration,
+                &Target::Fleet(targets),
+                Workload::Register,
+            )
+            .await?
         };
         let etcd_round = {
             let dir = work.path().join(format!("etcd-round-{round_no}"));
             let cluster = EtcdCluster::start(etcd, &dir, common.nodes)?;
             cluster.wait_ready().await?;
-            run_round(
+            run_workload(
                 round_no,
                 clients,
                 duration,
                 &Target::Etcd(cluster.endpoints()),
+                Workload::Register,
             )
             .await?
         };
@@ -440,15 +448,6 @@ impl Connection {
             Connection::Etcd(_) => Err("the churn workload is for fleet only".into()),
         }
     }
-}
-
-async fn run_round(
-    round_no: usize,
-    clients: usize,
-    duration: Duration,
-    target: &Target,
-) -> anyhow::Result<Round> {
-    run_workload(round_no, clients, duration, target, Workload::Register).await
 }
 
 async fn run_workload(
