@@ -123,6 +123,14 @@ impl StallVerdict {
     }
 }
 
+/// The leader's figures for each judged second: its p99, or for a second without samples the
+/// age of the fdatasync still running (a hung disk finishes none). These go into the audit
+/// record, and their maximum is what a successor must clearly beat.
+pub fn leader_figures(p99s_us: &[Option<u64>], in_flight: Option<Duration>) -> Vec<u64> {
+    let hung_us = in_flight.map_or(0, |d| d.as_micros() as u64);
+    p99s_us.iter().map(|p| p.unwrap_or(hung_us)).collect()
+}
+
 /// A follower as the leader sees it when it looks for a successor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -151,7 +159,8 @@ impl Candidate {
 }
 
 /// The follower to hand leadership to: not stalled, scoring under the limit and under half
-/// of `leader_p99_us` (so leadership only moves to a clearly better disk), within
+/// of `leader_p99_us`, the leader's worst judged second (so leadership only moves to a
+/// clearly better disk), within
 /// [`MAX_SUCCESSOR_LAG`] entries of `leader_last_index`; the lowest score wins, then the
 /// longest log, then the lowest id. `None` when no follower qualifies.
 pub fn choose_successor<'a>(
@@ -250,7 +259,7 @@ pub async fn run_guard(coordinator: Arc<Coordinator>, config: GuardConfig) {
             last_attempt.is_none_or(|t| now.saturating_duration_since(t) >= config.retry_after);
         if stalled && dwelt && may_retry {
             last_attempt = Some(now);
-            let figures: Vec<u64> = p99s.iter().map(|p| p.unwrap_or(0)).collect();
+            let figures = leader_figures(&p99s, health.oldest_in_flight(now));
             if let Err(why) = hand_over(&coordinator, figures, &config).await {
                 tracing::warn!(
                     node = coordinator.id,
@@ -306,7 +315,7 @@ async fn hand_over(
     let mut candidates: Vec<Candidate> = asks.join_all().await.into_iter().flatten().collect();
     candidates.sort_by_key(|c| c.id);
     let last_index = metrics.last_log_index.unwrap_or(0);
-    let leader_p99_us = from_p99s_us.iter().copied().min().unwrap_or(0);
+    let leader_p99_us = from_p99s_us.iter().copied().max().unwrap_or(0);
     let Some(successor) = choose_successor(last_index, leader_p99_us, &candidates, config).cloned()
     else {
         return Err(format!(
@@ -522,6 +531,21 @@ mod tests {
         verdict.observe(&[Some(20_000); 3], None, &config);
         assert!(verdict.observe(&[None, None, None], None, &config));
         assert!(!verdict.observe(&[None, Some(800), None], None, &config));
+    }
+
+    #[test]
+    fn a_hung_leader_disk_still_finds_a_successor() {
+        let config = config();
+        let figures = leader_figures(&[Some(800), None, None], Some(Duration::from_secs(3)));
+        assert_eq!(figures, [800, 3_000_000, 3_000_000]);
+        let leader_p99_us = figures.iter().copied().max().unwrap();
+        let followers = [candidate(2, 1000, 900)];
+        assert_eq!(
+            choose_successor(1000, leader_p99_us, &followers, &config)
+                .unwrap()
+                .id,
+            2
+        );
     }
 
     #[test]
