@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::TimeMs;
+use crate::model::{StatusReport, TimeMs};
 
 /// A change to the fleet. Field values are raw user input; [`crate::State::apply`] validates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +50,12 @@ pub enum Command {
         /// The p99 limit the old leader was judged against.
         limit_us: u64,
     },
+    /// An agent's report on one workload of its cluster. An observation, not a change of
+    /// intent: it is not written to the audit log.
+    RecordStatus {
+        cluster: String,
+        report: StatusReport,
+    },
 }
 
 impl Command {
@@ -63,7 +69,14 @@ impl Command {
             Command::CreateWorkload { .. } => "create_workload",
             Command::PublishRelease { .. } => "publish_release",
             Command::RecordLeadershipHandover { .. } => "record_leadership_handover",
+            Command::RecordStatus { .. } => "record_status",
         }
+    }
+
+    /// Whether applying the command appends an audit event. Status reports are observations
+    /// of the agents, and a fleet of thousands would drown the trail of decisions in them.
+    pub fn is_audited(&self) -> bool {
+        !matches!(self, Command::RecordStatus { .. })
     }
 }
 
@@ -109,5 +122,9 @@ pub enum Outcome {
         from_node: u64,
         to_node: u64,
         term: u64,
+    },
+    StatusRecorded {
+        cluster: String,
+        workload: String,
     },
 }

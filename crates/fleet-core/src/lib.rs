@@ -11,11 +11,15 @@ pub mod command;
 pub mod error;
 pub mod limits;
 pub mod model;
+pub mod render;
 pub mod state;
 pub mod validate;
 
 pub use audit::{AuditEvent, AuditVerifyError};
 pub use command::{Command, Context, Outcome};
 pub use error::CoreError;
-pub use model::{Assignment, Cluster, Environment, Release, Revision, Site, StatusRow, Workload};
+pub use model::{
+    Assignment, Cluster, Environment, HealthState, ObjectStatus, Release, ReportedStatus, Revision,
+    Site, StatusReport, StatusRow, SyncState, Workload,
+};
 pub use state::State;

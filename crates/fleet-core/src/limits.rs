@@ -28,3 +28,16 @@ pub const MAX_WORKLOADS: usize = 10_000;
 pub const MAX_RELEASES_KEPT_PER_WORKLOAD: usize = 100;
 /// Most per-second figures one leadership hand-over record carries.
 pub const MAX_HANDOVER_FIGURES: usize = 60;
+/// Most per-object entries in one status report; the rest are only counted.
+pub const MAX_REPORT_OBJECTS: usize = 100;
+/// Longest object name in a status report.
+pub const MAX_OBJECT_NAME_LEN: usize = 512;
+/// Longest per-object message in a status report.
+pub const MAX_OBJECT_MESSAGE_LEN: usize = 256;
+/// Longest error text in a status report.
+pub const MAX_STATUS_ERROR_LEN: usize = 1024;
+/// Most workload reports in one `ReportStatus` call.
+pub const MAX_REPORTS_PER_CALL: usize = 64;
+/// An unchanged report is committed again once the committed one is this old, so that every
+/// node knows an agent is alive to within this much without a Raft write per heartbeat.
+pub const STATUS_REFRESH_MS: u64 = 60_000;

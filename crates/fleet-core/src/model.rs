@@ -84,7 +84,8 @@ pub struct Assignment {
     pub assigned_at_ms: TimeMs,
 }
 
-/// One row of `fleet-ctl status`: a cluster and, when it has one, an assignment.
+/// One row of `fleet-ctl status`: a cluster and, when it has one, an assignment and the agent's
+/// last committed report on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusRow {
     pub cluster: String,
@@ -93,4 +94,64 @@ pub struct StatusRow {
     pub workload: Option<String>,
     pub desired_revision: Option<Revision>,
     pub assignment_version: Option<u64>,
+    pub report: Option<ReportedStatus>,
+}
+
+/// Whether a target matches the revision it was asked to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncState {
+    /// Everything rendered is applied and nothing has drifted.
+    Synced,
+    /// Drift was found (and is being repaired), or the revision is not applied yet.
+    OutOfSync,
+    /// The revision could not be fetched, rendered or applied.
+    Failed,
+}
+
+/// Whether what runs works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    Healthy,
+    Progressing,
+    Degraded,
+    Unknown,
+}
+
+/// One applied object: a file, or a Kubernetes object as `Kind/namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectStatus {
+    pub name: String,
+    pub sync: SyncState,
+    pub health: HealthState,
+    pub message: String,
+}
+
+/// What an agent applied for one workload and what it found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub workload: String,
+    /// Raw 40-hex SHA; empty before the first successful apply.
+    pub applied_revision: String,
+    /// The revision the agent was asked for.
+    pub desired_revision: String,
+    pub assignment_version: u64,
+    /// Hex SHA-256 of the render of `applied_revision`.
+    pub render_hash: String,
+    pub sync: SyncState,
+    pub health: HealthState,
+    /// Why the sync failed; empty otherwise.
+    pub error: String,
+    pub drift_count: u32,
+    /// At most [`crate::limits::MAX_REPORT_OBJECTS`].
+    pub objects: Vec<ObjectStatus>,
+    pub objects_omitted: u32,
+}
+
+/// A committed [`StatusReport`] and when it was committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedStatus {
+    pub report: StatusReport,
+    pub reported_at_ms: TimeMs,
 }

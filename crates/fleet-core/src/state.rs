@@ -9,7 +9,8 @@ use crate::command::{Command, Context, Outcome};
 use crate::error::CoreError;
 use crate::limits::*;
 use crate::model::{
-    Assignment, Cluster, Environment, Release, Revision, Site, StatusRow, Workload,
+    Assignment, Cluster, Environment, Release, ReportedStatus, Revision, Site, StatusReport,
+    StatusRow, Workload,
 };
 use crate::validate;
 
@@ -33,6 +34,9 @@ pub struct State {
     /// The version given to the last assignment change; only grows.
     last_assignment_version: u64,
     audit: Vec<AuditEvent>,
+    /// The agents' last committed reports, by cluster, then workload.
+    #[serde(default)]
+    reports: BTreeMap<String, BTreeMap<String, ReportedStatus>>,
 }
 
 impl Default for State {
@@ -56,6 +60,7 @@ impl Default for State {
             assignments: BTreeMap::new(),
             last_assignment_version: 0,
             audit: Vec::new(),
+            reports: BTreeMap::new(),
         }
     }
 }
@@ -168,6 +173,12 @@ impl State {
                 }
                 Ok(())
             }
+            Command::RecordStatus { cluster, report } => {
+                validate::dns_label("cluster", cluster)?;
+                validate::status_report(report)?;
+                self.require_cluster(cluster)?;
+                self.require_workload(&report.workload).map(|_| ())
+            }
         }
     }
 
@@ -245,6 +256,7 @@ impl State {
             Command::RemoveCluster { name } => {
                 self.clusters.remove(name);
                 self.assignments.remove(name);
+                self.reports.remove(name);
                 (
                     Outcome::ClusterRemoved { name: name.clone() },
                     format!("cluster {name} removed"),
@@ -342,7 +354,22 @@ impl State {
                     ),
                 )
             }
+            Command::RecordStatus { cluster, report } => {
+                self.reports.entry(cluster.clone()).or_default().insert(
+                    report.workload.clone(),
+                    ReportedStatus {
+                        report: report.clone(),
+                        reported_at_ms: ctx.now_ms,
+                    },
+                );
+                let outcome = Outcome::StatusRecorded {
+                    cluster: cluster.clone(),
+                    workload: report.workload.clone(),
+                };
+                return Ok(outcome);
+            }
         };
+        debug_assert!(command.is_audited());
         let prev_hash = self
             .audit
             .last()
@@ -490,6 +517,7 @@ impl State {
                     workload: None,
                     desired_revision: None,
                     assignment_version: None,
+                    report: None,
                 }),
                 Some(assignments) => rows.extend(assignments.values().map(|a| StatusRow {
                     cluster: c.name.clone(),
@@ -498,10 +526,39 @@ impl State {
                     workload: Some(a.workload.clone()),
                     desired_revision: Some(a.revision.clone()),
                     assignment_version: Some(a.version),
+                    report: self.report(&c.name, &a.workload).cloned(),
                 })),
             }
         }
         rows
+    }
+
+    /// The last committed report of a cluster's agent on one workload.
+    pub fn report(&self, cluster: &str, workload: &str) -> Option<&ReportedStatus> {
+        self.reports.get(cluster)?.get(workload)
+    }
+
+    /// A cluster's committed reports, by workload name.
+    pub fn reports(&self, cluster: &str) -> Result<Vec<&ReportedStatus>, CoreError> {
+        self.require_cluster(cluster)?;
+        Ok(self
+            .reports
+            .get(cluster)
+            .map(|r| r.values().collect())
+            .unwrap_or_default())
+    }
+
+    /// Whether a report must go through the log: it differs from the committed one, or the
+    /// committed one is at least [`STATUS_REFRESH_MS`] old at `now_ms`. Anything else is a
+    /// heartbeat that a node keeps in memory.
+    pub fn report_needs_commit(&self, cluster: &str, report: &StatusReport, now_ms: u64) -> bool {
+        match self.report(cluster, &report.workload) {
+            None => true,
+            Some(committed) => {
+                committed.report != *report
+                    || now_ms.saturating_sub(committed.reported_at_ms) >= STATUS_REFRESH_MS
+            }
+        }
     }
 
     pub fn audit_events(&self) -> &[AuditEvent] {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::error::CoreError;
 use crate::limits::*;
-use crate::model::Revision;
+use crate::model::{Revision, StatusReport};
 
 /// A DNS-1123 label: 1..=63 of `[a-z0-9-]`, starting and ending with a letter or digit.
 pub fn dns_label(field: &str, value: &str) -> Result<(), CoreError> {
@@ -187,10 +187,15 @@ pub fn path_template(value: &str) -> Result<(), CoreError> {
 
 /// A full 40-hex Git commit SHA. Returns it in lowercase.
 pub fn revision(value: &str) -> Result<Revision, CoreError> {
+    revision_in("revision", value)
+}
+
+/// A full 40-hex Git commit SHA in the field `field`. Returns it in lowercase.
+pub fn revision_in(field: &str, value: &str) -> Result<Revision, CoreError> {
     let hint = "give the full 40-character commit SHA (git rev-parse HEAD), not a branch, tag or short SHA";
     if value.len() != 40 {
         return Err(CoreError::invalid(
-            "revision",
+            field,
             format!(
                 "{value:?} is {} characters long, a revision is 40 hex digits",
                 value.len()
@@ -200,7 +205,7 @@ pub fn revision(value: &str) -> Result<Revision, CoreError> {
     }
     if let Some(bad) = value.chars().find(|c| !c.is_ascii_hexdigit()) {
         return Err(CoreError::invalid(
-            "revision",
+            field,
             format!("{value:?} contains {bad:?}, which is not a hex digit"),
             hint,
         ));
@@ -226,6 +231,50 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<(), CoreError> {
             "must not contain control characters",
             format!("remove control characters from the {field}"),
         ));
+    }
+    Ok(())
+}
+
+/// An agent's status report: names, revisions, hash and text lengths.
+pub fn status_report(report: &StatusReport) -> Result<(), CoreError> {
+    dns_label("workload", &report.workload)?;
+    if !report.applied_revision.is_empty() {
+        revision_in("applied_revision", &report.applied_revision)?;
+    }
+    if !report.desired_revision.is_empty() {
+        revision_in("desired_revision", &report.desired_revision)?;
+    }
+    if !(report.render_hash.is_empty()
+        || report.render_hash.len() == 64
+            && report.render_hash.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(CoreError::invalid(
+            "render_hash",
+            format!("{:?} is not a hex SHA-256", report.render_hash),
+            "send the 64 hex digits of the render's SHA-256, or nothing before the first render",
+        ));
+    }
+    text("error", &report.error, MAX_STATUS_ERROR_LEN)?;
+    if report.objects.len() > MAX_REPORT_OBJECTS {
+        return Err(CoreError::invalid(
+            "objects",
+            format!(
+                "{} objects is over the limit of {MAX_REPORT_OBJECTS}",
+                report.objects.len()
+            ),
+            "send the first objects (not synced or not healthy first) and count the rest in objects_omitted",
+        ));
+    }
+    for object in &report.objects {
+        if object.name.is_empty() {
+            return Err(CoreError::invalid(
+                "objects.name",
+                "must not be empty",
+                "name the file path or Kind/namespace/name",
+            ));
+        }
+        text("objects.name", &object.name, MAX_OBJECT_NAME_LEN)?;
+        text("objects.message", &object.message, MAX_OBJECT_MESSAGE_LEN)?;
     }
     Ok(())
 }

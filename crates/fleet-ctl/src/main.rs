@@ -402,9 +402,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .cluster
                 .ok_or_else(|| anyhow!("the coordinator sent no cluster"))?;
             let assignments: Vec<_> = r.assignments.iter().map(assignment_json).collect();
+            let reports: Vec<_> = r
+                .reports
+                .iter()
+                .filter_map(|rep| {
+                    let mut v = report_json(rep.report.as_ref()?);
+                    v["reported_at_ms"] = json!(rep.reported_at_ms);
+                    v["last_seen_ms"] = json!(rep.last_seen_ms);
+                    Some(v)
+                })
+                .collect();
             if json {
                 let mut v = cluster_json(&cl);
                 v["assignments"] = json!(assignments);
+                v["reports"] = json!(reports);
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
@@ -425,6 +436,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ]);
             }
             t.print();
+            let now = now_ms();
+            for rep in &r.reports {
+                let Some(report) = &rep.report else { continue };
+                println!();
+                println!("Last status of {}:", report.workload);
+                println!("  Desired:     {}", dash(&report.desired_revision));
+                println!("  Applied:     {}", dash(&report.applied_revision));
+                println!("  Render hash: {}", dash(&report.render_hash));
+                println!("  Sync:        {}", sync_text(report.sync));
+                println!("  Health:      {}", health_text(report.health));
+                println!(
+                    "  Drift:       {} repaired at the last resync",
+                    report.drift_count
+                );
+                if !report.error.is_empty() {
+                    println!("  Error:       {}", report.error);
+                }
+                println!("  Reported:    {}", format_time_ms(rep.reported_at_ms));
+                println!("  Last seen:   {}", ago(rep.last_seen_ms, now));
+                let mut t = Table::new(&["OBJECT", "SYNC", "HEALTH", "MESSAGE"]);
+                for o in &report.objects {
+                    t.row(vec![
+                        o.name.clone(),
+                        sync_text(o.sync).into(),
+                        health_text(o.health).into(),
+                        dash(&o.message),
+                    ]);
+                }
+                t.print();
+                if report.objects_omitted > 0 {
+                    println!("  ... and {} more objects", report.objects_omitted);
+                }
+            }
             Ok(())
         }
         Cmd::Cluster(ClusterCmd::Remove { name }) => {
@@ -560,35 +604,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "ENVIRONMENT",
                 "WORKLOAD",
                 "DESIRED",
-                "VERSION",
+                "APPLIED",
+                "SYNC",
+                "HEALTH",
+                "DRIFT",
+                "LAST SEEN",
             ]);
             let mut items = Vec::new();
+            let now = now_ms();
             for row in &r.rows {
-                let dash = |s: &str| {
-                    if s.is_empty() {
-                        "-".to_string()
-                    } else {
-                        s.to_string()
-                    }
-                };
+                let report = row.report.as_ref();
                 t.row(vec![
                     row.cluster.clone(),
                     row.site.clone(),
                     row.environment.clone(),
                     dash(&row.workload),
-                    dash(&row.desired_revision),
-                    if row.assignment_version == 0 {
-                        "-".into()
-                    } else {
-                        row.assignment_version.to_string()
-                    },
+                    dash(short(&row.desired_revision)),
+                    dash(report.map_or("", |r| short(&r.applied_revision))),
+                    report.map_or("-".into(), |r| sync_text(r.sync).into()),
+                    report.map_or("-".into(), |r| health_text(r.health).into()),
+                    report.map_or("-".into(), |r| r.drift_count.to_string()),
+                    ago(row.last_seen_ms, now),
                 ]);
-                items.push(json!({
+                let mut item = json!({
                     "cluster": row.cluster, "site": row.site, "environment": row.environment,
                     "workload": (!row.workload.is_empty()).then_some(&row.workload),
                     "desired_revision": (!row.desired_revision.is_empty()).then_some(&row.desired_revision),
                     "assignment_version": (row.assignment_version > 0).then_some(row.assignment_version),
-                }));
+                    "last_seen_ms": (row.last_seen_ms > 0).then_some(row.last_seen_ms),
+                });
+                if let Some(report) = report {
+                    item["report"] = report_json(report);
+                }
+                items.push(item);
             }
             emit(json, t, json!({ "clusters": items }))
         }
@@ -940,6 +988,72 @@ fn cluster_json(c: &Cluster) -> serde_json::Value {
 
 fn assignment_json(a: &Assignment) -> serde_json::Value {
     json!({"workload": a.workload, "repo_url": a.repo_url, "path": a.path, "revision": a.revision, "version": a.version, "assigned_at_ms": a.assigned_at_ms})
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `12s ago`, `3m ago`, or `never` for 0.
+fn ago(ms: u64, now_ms: u64) -> String {
+    if ms == 0 {
+        return "never".into();
+    }
+    let seconds = now_ms.saturating_sub(ms) / 1000;
+    match seconds {
+        0..=119 => format!("{seconds}s ago"),
+        120..=7199 => format!("{}m ago", seconds / 60),
+        _ => format!("{}h ago", seconds / 3600),
+    }
+}
+
+fn sync_text(value: i32) -> &'static str {
+    match SyncState::try_from(value) {
+        Ok(SyncState::Synced) => "Synced",
+        Ok(SyncState::OutOfSync) => "OutOfSync",
+        Ok(SyncState::Failed) => "Failed",
+        _ => "Unknown",
+    }
+}
+
+fn health_text(value: i32) -> &'static str {
+    match HealthState::try_from(value) {
+        Ok(HealthState::Healthy) => "Healthy",
+        Ok(HealthState::Progressing) => "Progressing",
+        Ok(HealthState::Degraded) => "Degraded",
+        _ => "Unknown",
+    }
+}
+
+fn report_json(r: &StatusReport) -> serde_json::Value {
+    let objects: Vec<_> = r
+        .objects
+        .iter()
+        .map(|o| json!({"name": o.name, "sync": sync_text(o.sync), "health": health_text(o.health), "message": o.message}))
+        .collect();
+    json!({
+        "workload": r.workload,
+        "desired_revision": r.desired_revision,
+        "applied_revision": (!r.applied_revision.is_empty()).then_some(&r.applied_revision),
+        "assignment_version": r.assignment_version,
+        "render_hash": (!r.render_hash.is_empty()).then_some(&r.render_hash),
+        "sync": sync_text(r.sync),
+        "health": health_text(r.health),
+        "error": (!r.error.is_empty()).then_some(&r.error),
+        "drift_count": r.drift_count,
+        "objects": objects,
+        "objects_omitted": r.objects_omitted,
+    })
 }
 
 fn short(sha: &str) -> &str {

@@ -2,7 +2,8 @@
 //! become `tonic::Status`.
 
 use fleet_core::{
-    Assignment, Cluster, CoreError, Environment, Release, Site, State, StatusRow, Workload,
+    Assignment, Cluster, CoreError, Environment, HealthState, ObjectStatus, Release,
+    ReportedStatus, Site, State, StatusReport, StatusRow, SyncState, Workload,
 };
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
@@ -146,8 +147,12 @@ pub fn release(r: &Release) -> proto::Release {
     }
 }
 
-pub fn status_row(r: &StatusRow) -> proto::StatusRow {
+/// A status row; `last_seen_ms` is the later of the committed report and this node's
+/// heartbeats (see [`crate::heartbeat`]).
+pub fn status_row(r: &StatusRow, last_seen_ms: u64) -> proto::StatusRow {
     proto::StatusRow {
+        report: r.report.as_ref().map(|r| status_report(&r.report)),
+        last_seen_ms,
         cluster: r.cluster.clone(),
         site: r.site.clone(),
         environment: r.environment.clone(),
@@ -200,4 +205,123 @@ pub fn audit_event(e: &fleet_core::AuditEvent) -> proto::AuditEvent {
 
 pub fn write_result(log_index: u64) -> Option<proto::WriteResult> {
     Some(proto::WriteResult { log_index })
+}
+
+/// A committed report with the node's view of when the agent was last seen.
+pub fn reported_status(r: &ReportedStatus, last_seen_ms: u64) -> proto::ReportedStatus {
+    proto::ReportedStatus {
+        report: Some(status_report(&r.report)),
+        reported_at_ms: r.reported_at_ms,
+        last_seen_ms,
+    }
+}
+
+fn sync_state(s: SyncState) -> proto::SyncState {
+    match s {
+        SyncState::Synced => proto::SyncState::Synced,
+        SyncState::OutOfSync => proto::SyncState::OutOfSync,
+        SyncState::Failed => proto::SyncState::Failed,
+    }
+}
+
+fn health_state(h: HealthState) -> proto::HealthState {
+    match h {
+        HealthState::Healthy => proto::HealthState::Healthy,
+        HealthState::Progressing => proto::HealthState::Progressing,
+        HealthState::Degraded => proto::HealthState::Degraded,
+        HealthState::Unknown => proto::HealthState::Unknown,
+    }
+}
+
+pub fn status_report(r: &StatusReport) -> proto::StatusReport {
+    proto::StatusReport {
+        workload: r.workload.clone(),
+        applied_revision: r.applied_revision.clone(),
+        desired_revision: r.desired_revision.clone(),
+        assignment_version: r.assignment_version,
+        render_hash: r.render_hash.clone(),
+        sync: sync_state(r.sync).into(),
+        health: health_state(r.health).into(),
+        error: r.error.clone(),
+        drift_count: r.drift_count,
+        objects: r
+            .objects
+            .iter()
+            .map(|o| proto::ObjectStatus {
+                name: o.name.clone(),
+                sync: sync_state(o.sync).into(),
+                health: health_state(o.health).into(),
+                message: o.message.clone(),
+            })
+            .collect(),
+        objects_omitted: r.objects_omitted,
+    }
+}
+
+fn sync_from_wire(field: &'static str, value: i32) -> Result<SyncState, NodeError> {
+    match proto::SyncState::try_from(value) {
+        Ok(proto::SyncState::Synced) => Ok(SyncState::Synced),
+        Ok(proto::SyncState::OutOfSync) => Ok(SyncState::OutOfSync),
+        Ok(proto::SyncState::Failed) => Ok(SyncState::Failed),
+        _ => Err(NodeError::InvalidArgument {
+            field,
+            message: format!("{value} is not a sync state"),
+            hint: "send SYNCED, OUT_OF_SYNC or FAILED".into(),
+        }),
+    }
+}
+
+fn health_from_wire(field: &'static str, value: i32) -> Result<HealthState, NodeError> {
+    match proto::HealthState::try_from(value) {
+        Ok(proto::HealthState::Healthy) => Ok(HealthState::Healthy),
+        Ok(proto::HealthState::Progressing) => Ok(HealthState::Progressing),
+        Ok(proto::HealthState::Degraded) => Ok(HealthState::Degraded),
+        Ok(proto::HealthState::Unknown) => Ok(HealthState::Unknown),
+        _ => Err(NodeError::InvalidArgument {
+            field,
+            message: format!("{value} is not a health state"),
+            hint: "send HEALTHY, PROGRESSING, DEGRADED or UNKNOWN".into(),
+        }),
+    }
+}
+
+/// A report from the wire; the enums must be set. Lengths and names are checked by fleet-core.
+pub fn status_report_from_wire(r: proto::StatusReport) -> Result<StatusReport, NodeError> {
+    Ok(StatusReport {
+        sync: sync_from_wire("sync", r.sync)?,
+        health: health_from_wire("health", r.health)?,
+        objects: r
+            .objects
+            .into_iter()
+            .map(|o| {
+                Ok(ObjectStatus {
+                    sync: sync_from_wire("objects.sync", o.sync)?,
+                    health: health_from_wire("objects.health", o.health)?,
+                    name: o.name,
+                    message: o.message,
+                })
+            })
+            .collect::<Result<_, NodeError>>()?,
+        workload: r.workload,
+        applied_revision: r.applied_revision,
+        desired_revision: r.desired_revision,
+        assignment_version: r.assignment_version,
+        render_hash: r.render_hash,
+        error: r.error,
+        drift_count: r.drift_count,
+        objects_omitted: r.objects_omitted,
+    })
+}
+
+/// An assignment from the wire, as an agent receives it; the revision must be a full SHA.
+pub fn assignment_from_wire(a: proto::Assignment) -> Result<Assignment, CoreError> {
+    Ok(Assignment {
+        revision: fleet_core::validate::revision(&a.revision)?,
+        cluster: a.cluster,
+        workload: a.workload,
+        repo_url: a.repo_url,
+        path: a.path,
+        version: a.version,
+        assigned_at_ms: a.assigned_at_ms,
+    })
 }

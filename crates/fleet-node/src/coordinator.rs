@@ -138,6 +138,10 @@ pub struct Coordinator {
     pub health: Arc<DiskHealth>,
     /// `RaftService.SetFailpoint` is served (tests and chaos runs only).
     pub allow_failpoint_rpc: bool,
+    /// Changes whenever some cluster's assignments may have changed in the applied state.
+    pub assignments_changed: tokio::sync::watch::Receiver<u64>,
+    /// Agents' heartbeats that did not need a commit.
+    pub heartbeats: crate::heartbeat::Heartbeats,
 }
 
 impl Coordinator {
@@ -372,7 +376,7 @@ fn no_leader(started: Instant) -> NodeError {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -400,6 +404,7 @@ where
     let state_machine =
         StateMachineStore::open(&db).map_err(|e| NodeError::Startup(e.to_string()))?;
     let state = state_machine.shared();
+    let assignments_changed = state_machine.watch_assignments();
 
     let raft_config = openraft::Config {
         cluster_name: "fleet".into(),
@@ -434,6 +439,8 @@ where
         batcher: Batcher::start(raft.clone()),
         health: health.clone(),
         allow_failpoint_rpc: config.allow_failpoint_rpc,
+        assignments_changed,
+        heartbeats: Default::default(),
     });
 
     if let Some(listen) = config.metrics_listen {
@@ -465,6 +472,9 @@ where
         .map_err(|e| NodeError::Startup(format!("listen on {}: {e}", config.listen)))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        // Finds agents that vanished without closing their watch streams.
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(service::fleet_server(coordinator.clone()))
         .add_service(service::agent_server(coordinator.clone()))
         .add_service(service::raft_server(coordinator.clone()))

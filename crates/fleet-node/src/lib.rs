@@ -5,12 +5,14 @@ pub mod proto {
     #![allow(clippy::all)]
     tonic::include_proto!("fleet.v1");
 }
+pub mod agent;
 pub mod batcher;
 pub mod convert;
 pub mod coordinator;
 pub mod disk;
 pub mod error;
 pub mod health;
+pub mod heartbeat;
 pub mod leadership;
 pub mod metrics;
 pub mod network;

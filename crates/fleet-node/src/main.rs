@@ -26,6 +26,41 @@ enum NodeCommand {
     Coordinator(CoordinatorArgs),
     /// Run the embedded demo: one coordinator on localhost seeded with a demo fleet (default).
     Demo(DemoArgs),
+    /// Run the agent of one cluster: stream its assignments, apply them, report status.
+    Agent(AgentArgs),
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// The cluster this agent runs for (registered with `fleet-ctl cluster register`).
+    #[arg(long)]
+    cluster: String,
+    /// Coordinator HOST:PORTs, comma-separated; any of them serves the agent.
+    #[arg(long, value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+    /// Where to apply: `files:ROOT` writes each workload under ROOT/<workload>/.
+    #[arg(long, value_parser = parse_target)]
+    target: fleet_node::agent::TargetSpec,
+    /// The agent's own directory: cached assignments, renders, Git repositories, inventory.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Time between full resyncs (drift repair and heartbeat), e.g. 30s, 500ms.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    resync_interval: std::time::Duration,
+}
+
+fn parse_target(value: &str) -> Result<fleet_node::agent::TargetSpec, String> {
+    match value.split_once(':') {
+        Some(("files", root)) if !root.is_empty() => {
+            Ok(fleet_node::agent::TargetSpec::Files(root.into()))
+        }
+        _ if value == "kubernetes" => {
+            Err("the kubernetes target is not available in this build yet; use files:ROOT".into())
+        }
+        _ => Err(format!(
+            "{value:?} is not a target; use files:ROOT (e.g. files:/srv/fleet)"
+        )),
+    }
 }
 
 #[derive(Args)]
@@ -124,6 +159,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Some(NodeCommand::Coordinator(args)) => run_coordinator(args).await,
             Some(NodeCommand::Demo(args)) => run_demo(args).await,
+            Some(NodeCommand::Agent(args)) => run_agent(args).await,
             None => {
                 run_demo(DemoArgs {
                     listen: "127.0.0.1:7400".parse().expect("valid address"),
@@ -134,6 +170,22 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    fleet_core::validate::dns_label("cluster", &args.cluster)?;
+    if args.resync_interval < std::time::Duration::from_millis(100) {
+        anyhow::bail!("--resync-interval must be at least 100ms");
+    }
+    let config = fleet_node::agent::AgentConfig {
+        cluster: args.cluster,
+        endpoints: args.endpoints,
+        target: args.target,
+        state_dir: args.state_dir,
+        resync_interval: args.resync_interval,
+    };
+    fleet_node::agent::run(config, shutdown_signal()).await?;
+    Ok(())
 }
 
 async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ use openraft::raft::InstallSnapshotRequest;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{self, actor, consistency, write_result};
+use crate::coordinator::now_ms;
 use crate::coordinator::{Consistency, Coordinator, ForwardedReply, ForwardedWrite};
 use crate::error::NodeError;
 use crate::leadership::{HandoverReply, HandoverRequest};
@@ -16,7 +17,10 @@ use crate::proto::agent_service_server::{AgentService, AgentServiceServer};
 use crate::proto::fleet_service_server::{FleetService, FleetServiceServer};
 use crate::proto::raft_service_server::{RaftService, RaftServiceServer};
 use crate::proto::*;
+use crate::tasks::spawn_named;
 use crate::types::TypeConfig;
+use fleet_core::limits::MAX_REPORTS_PER_CALL;
+use tokio_stream::wrappers::ReceiverStream;
 
 /// Largest request message a client may send to `FleetService` or `AgentService`.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -173,9 +177,21 @@ impl FleetService for FleetApi {
             .read(consistency(r.consistency), |s| {
                 let cluster = s.cluster(&r.name)?;
                 let assignments = s.assignments(&r.name)?;
+                let reports = s.reports(&r.name)?;
                 Ok::<_, fleet_core::CoreError>(GetClusterResponse {
                     cluster: Some(convert::cluster(cluster)),
                     assignments: assignments.into_iter().map(convert::assignment).collect(),
+                    reports: reports
+                        .into_iter()
+                        .map(|rep| {
+                            let seen = self.0.heartbeats.last_seen(
+                                &r.name,
+                                &rep.report.workload,
+                                rep.reported_at_ms,
+                            );
+                            convert::reported_status(rep, seen)
+                        })
+                        .collect(),
                 })
             })
             .await?
@@ -261,7 +277,20 @@ impl FleetService for FleetApi {
         let rows = self
             .0
             .read(consistency(r.consistency), |s| {
-                s.status_rows().iter().map(convert::status_row).collect()
+                s.status_rows()
+                    .iter()
+                    .map(|row| {
+                        let last_seen = match (&row.workload, &row.report) {
+                            (Some(w), Some(r)) => {
+                                self.0
+                                    .heartbeats
+                                    .last_seen(&row.cluster, w, r.reported_at_ms)
+                            }
+                            _ => 0,
+                        };
+                        convert::status_row(row, last_seen)
+                    })
+                    .collect()
             })
             .await?;
         Ok(Response::new(GetStatusResponse { rows }))
@@ -364,6 +393,132 @@ impl AgentService for AgentApi {
             .await?
             .map_err(NodeError::from)?;
         Ok(Response::new(response))
+    }
+
+    type WatchAssignmentsStream = ReceiverStream<Result<AssignmentSet, Status>>;
+
+    async fn watch_assignments(
+        &self,
+        request: Request<WatchAssignmentsRequest>,
+    ) -> Reply<Self::WatchAssignmentsStream> {
+        let r = request.into_inner();
+        fleet_core::validate::dns_label("cluster", &r.cluster).map_err(NodeError::from)?;
+        // The first set, or NOT_FOUND, before the stream opens.
+        let first = assignment_set(&self.0, &r.cluster)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        spawn_named(
+            "assignment-watch",
+            serve_watch(self.0.clone(), r.cluster, first, tx),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn report_status(
+        &self,
+        request: Request<ReportStatusRequest>,
+    ) -> Reply<ReportStatusResponse> {
+        let r = request.into_inner();
+        fleet_core::validate::dns_label("cluster", &r.cluster).map_err(NodeError::from)?;
+        if r.reports.len() > MAX_REPORTS_PER_CALL {
+            return Err(NodeError::InvalidArgument {
+                field: "reports",
+                message: format!(
+                    "{} is over the limit of {MAX_REPORTS_PER_CALL} per call",
+                    r.reports.len()
+                ),
+                hint: "send one report per assigned workload, in several calls if need be".into(),
+            }
+            .into());
+        }
+        let reports = r
+            .reports
+            .into_iter()
+            .map(convert::status_report_from_wire)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut committed = 0;
+        for report in reports {
+            let now = now_ms();
+            let workload = report.workload.clone();
+            let command = Command::RecordStatus {
+                cluster: r.cluster.clone(),
+                report,
+            };
+            // Checked here too, so a bad heartbeat is refused even when nothing is committed.
+            let needs_commit = self.0.read_state(|s| {
+                s.check(&command, &heartbeat_context(&r.cluster, now))?;
+                let Command::RecordStatus { report, .. } = &command else {
+                    unreachable!("built above")
+                };
+                Ok::<_, fleet_core::CoreError>(s.report_needs_commit(&r.cluster, report, now))
+            });
+            if needs_commit.map_err(NodeError::from)? {
+                self.0
+                    .write(command, format!("agent:{}", r.cluster), String::new())
+                    .await?;
+                committed += 1;
+            }
+            self.0.heartbeats.record(&r.cluster, &workload, now);
+        }
+        Ok(Response::new(ReportStatusResponse { committed }))
+    }
+}
+
+/// Sets a watch stream may have queued for a slow agent; it only needs the newest, so a full
+/// buffer just delays the next send.
+const WATCH_BUFFER: usize = 2;
+
+fn heartbeat_context(cluster: &str, now_ms: u64) -> fleet_core::Context {
+    fleet_core::Context {
+        now_ms,
+        actor: format!("agent:{cluster}"),
+        reason: String::new(),
+    }
+}
+
+/// A cluster's assignments from this node's applied state, or NOT_FOUND.
+fn assignment_set(c: &Coordinator, cluster: &str) -> Result<AssignmentSet, Status> {
+    c.read_state(|s| {
+        let assignments = s.assignments(cluster)?;
+        Ok::<_, fleet_core::CoreError>(AssignmentSet {
+            version: assignments.iter().map(|a| a.version).max().unwrap_or(0),
+            assignments: assignments.into_iter().map(convert::assignment).collect(),
+        })
+    })
+    .map_err(|e| NodeError::from(e).into())
+}
+
+/// Sends `first`, then a new set whenever the cluster's assignments change, until the agent
+/// goes away or the cluster is removed (then NOT_FOUND ends the stream).
+async fn serve_watch(
+    c: Arc<Coordinator>,
+    cluster: String,
+    first: AssignmentSet,
+    tx: tokio::sync::mpsc::Sender<Result<AssignmentSet, Status>>,
+) {
+    let mut changed = c.assignments_changed.clone();
+    changed.mark_unchanged();
+    let mut sent = first.clone();
+    if tx.send(Ok(first)).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            result = changed.changed() => if result.is_err() { return },
+            () = tx.closed() => return,
+        }
+        match assignment_set(&c, &cluster) {
+            Ok(set) if set != sent => {
+                sent = set.clone();
+                if tx.send(Ok(set)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        }
     }
 }
 

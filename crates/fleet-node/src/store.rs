@@ -28,7 +28,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use fleet_core::State;
+use fleet_core::{Outcome, State};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, Vote,
@@ -282,6 +282,9 @@ pub struct StateMachineStore {
     data: SharedState,
     db: sled::Db,
     snapshot: sled::Tree,
+    /// Counts applied changes that may change some cluster's assignments (an assignment
+    /// version used, a cluster removed, a snapshot installed): what assignment watchers wait on.
+    assignments_changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl StateMachineStore {
@@ -296,11 +299,22 @@ impl StateMachineStore {
             data: Arc::new(RwLock::new(data)),
             db: db.clone(),
             snapshot,
+            assignments_changed: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
     pub fn shared(&self) -> SharedState {
         self.data.clone()
+    }
+
+    /// A receiver that changes whenever some cluster's assignments may have changed.
+    pub fn watch_assignments(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.assignments_changed.subscribe()
+    }
+
+    fn notify_assignments(&self) {
+        self.assignments_changed
+            .send_modify(|generation| *generation += 1);
     }
 
     fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, data: &[u8]) {
@@ -358,6 +372,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let mut data = self.data.write().expect("state lock poisoned");
+        let version_before = data.state.last_assignment_version();
+        let mut removed = false;
         let mut results = Vec::new();
         for entry in entries {
             data.last_applied = Some(entry.log_id);
@@ -373,7 +389,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     Vec::new()
                 }
             };
+            removed |= result
+                .iter()
+                .any(|r| matches!(r, Ok(Outcome::ClusterRemoved { .. })));
             results.push(ApplyResult(result));
+        }
+        let changed = removed || data.state.last_assignment_version() != version_before;
+        drop(data);
+        if changed {
+            self.notify_assignments();
         }
         Ok(results)
     }
@@ -398,6 +422,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         received.last_membership = meta.last_membership.clone();
         self.save_snapshot(meta, &bytes);
         *self.data.write().expect("state lock poisoned") = received;
+        self.notify_assignments();
         tracing::info!(snapshot_id = %meta.snapshot_id, "snapshot installed");
         Ok(())
     }

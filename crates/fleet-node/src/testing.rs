@@ -348,3 +348,103 @@ pub async fn set_failpoint(address: &str, name: &str, actions: &str) -> Result<(
         .await
         .map(|_| ())
 }
+
+/// One `fleet-node agent` process on a files target, stopped by pid when dropped.
+pub struct AgentProcess {
+    pub cluster: String,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub log_path: PathBuf,
+    endpoints: String,
+    resync: String,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl AgentProcess {
+    /// Starts the agent of `cluster` with its root and state under `dir`.
+    pub fn start(dir: &Path, cluster: &str, endpoints: &str, resync: &str) -> Self {
+        let mut agent = AgentProcess {
+            cluster: cluster.to_string(),
+            root: dir.join(format!("{cluster}-root")),
+            state_dir: dir.join(format!("{cluster}-state")),
+            log_path: PathBuf::new(),
+            endpoints: endpoints.to_string(),
+            resync: resync.to_string(),
+            child: None,
+            starts: 0,
+        };
+        agent.spawn();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        self.log_path = self
+            .state_dir
+            .with_extension(format!("log.{}", self.starts));
+        let log = File::create(&self.log_path).expect("create agent log");
+        let child = Command::new(fleet_node_binary())
+            .arg("agent")
+            .args(["--cluster", &self.cluster])
+            .args(["--endpoints", &self.endpoints])
+            .arg("--target")
+            .arg(format!("files:{}", self.root.display()))
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(["--resync-interval", &self.resync])
+            .env(
+                "RUST_LOG",
+                std::env::var("FLEET_NODE_LOG")
+                    .unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn fleet-node agent");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the agent again with the same state directory.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "agent {} is still running",
+            self.cluster
+        );
+        self.spawn();
+    }
+
+    /// The file `path` of `workload` under the agent's root, if it exists.
+    pub fn file(&self, workload: &str, path: &str) -> Option<String> {
+        std::fs::read_to_string(self.root.join(workload).join(path)).ok()
+    }
+
+    /// The text the agent has logged since its last start.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("--- last lines of agent {} ---", self.cluster);
+            for line in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{line}");
+            }
+        }
+        self.kill();
+    }
+}

@@ -298,12 +298,35 @@ async fn probe_overhead(clients: usize, pairs: usize, common: &Common) -> anyhow
         overheads.push(overhead);
         println!("{pair:>4}  {off:>12.0}  {on:>11.0}  {overhead:>10.2}");
     }
+    let (mean, half_width) = mean_and_ci95(&overheads);
     overheads.sort_by(f64::total_cmp);
     println!(
-        "median probe overhead: {:.2}% of write throughput (negative: on was faster, within noise)",
+        "probe overhead over {pairs} pairs: mean {mean:.2}% of write throughput, 95% confidence \
+         interval {:.2}%..{:.2}%, median {:.2}% (negative: on was faster)",
+        mean - half_width,
+        mean + half_width,
         overheads[overheads.len() / 2]
     );
     Ok(())
+}
+
+/// The mean of `samples` and the half-width of its 95% confidence interval (Student's t), so
+/// that a noisy machine shows as a wide interval instead of a misleading single figure.
+fn mean_and_ci95(samples: &[f64]) -> (f64, f64) {
+    let n = samples.len();
+    let mean = samples.iter().sum::<f64>() / n as f64;
+    if n < 2 {
+        return (mean, f64::INFINITY);
+    }
+    let variance = samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    // Two-sided 95% quantiles of Student's t for 1..=30 degrees of freedom; 1.96 beyond.
+    const T975: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    let t = T975.get(n - 2).copied().unwrap_or(1.96);
+    (mean, t * (variance / n as f64).sqrt())
 }
 
 async fn against_etcd(rounds: Vec<usize>, common: &Common, etcd: &Path) -> anyhow::Result<()> {
@@ -611,5 +634,19 @@ impl Drop for EtcdCluster {
             let _ = member.kill();
             let _ = member.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mean_and_ci95;
+
+    #[test]
+    fn confidence_interval_uses_students_t_for_few_samples() {
+        let (mean, half) = mean_and_ci95(&[1.0, 2.0, 3.0]);
+        assert_eq!(mean, 2.0);
+        // s = 1, n = 3, t(2) = 4.303.
+        assert!((half - 4.303 / 3f64.sqrt()).abs() < 1e-9, "{half}");
+        assert!(mean_and_ci95(&[5.0]).1.is_infinite());
     }
 }

@@ -1,0 +1,549 @@
+//! The agent: one per cluster. It streams its cluster's assignments from any coordinator,
+//! renders the assigned commit from Git, makes the target match, repairs drift on every resync,
+//! and reports status. Outbound calls only.
+//!
+//! Three named tasks, joined by `watch` channels (each holds only the newest value, so a slow
+//! consumer never queues stale work):
+//!
+//! - `assignment-stream`: `WatchAssignments` on one endpoint after another, with jittered
+//!   exponential backoff; keeps the set with the highest version and saves it in the cache.
+//! - `reconciler`: on a new set and every `--resync-interval`, for each assigned workload:
+//!   fetch and render when the revision changed, check the render, apply it, count drift.
+//!   Workloads no longer assigned are pruned.
+//! - `status-reporter`: sends the reports after every pass (and at least once per resync
+//!   interval, as a heartbeat) to the first endpoint that answers.
+//!
+//! With every coordinator unreachable the reconciler keeps enforcing the cached assignment and
+//! render; a restarted agent starts from the cache.
+
+pub mod cache;
+pub mod files;
+pub mod git;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_core::limits::{MAX_OBJECT_MESSAGE_LEN, MAX_REPORT_OBJECTS, MAX_STATUS_ERROR_LEN};
+use fleet_core::render::{check_render, render_hash};
+use fleet_core::{Assignment, HealthState, ObjectStatus, StatusReport, SyncState};
+use thiserror::Error;
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::convert;
+use crate::proto::agent_service_client::AgentServiceClient;
+use crate::proto::{ReportStatusRequest, WatchAssignmentsRequest};
+use crate::tasks::spawn_named;
+use cache::{Cache, CachedRender, Held};
+use files::FilesTarget;
+use git::GitCache;
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("git: {0}")]
+    Git(String),
+    #[error("commit {revision} does not exist in {url} (fetched branches and tags)")]
+    UnknownCommit { revision: String, url: String },
+    #[error("path {path:?} is not a directory at commit {revision}")]
+    MissingPath { path: String, revision: String },
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("target: {0}")]
+    Target(String),
+    #[error("state cache: {0}")]
+    Cache(String),
+}
+
+/// Where rendered workloads go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// Files under `ROOT/<workload>/`.
+    Files(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub cluster: String,
+    pub endpoints: Vec<String>,
+    pub target: TargetSpec,
+    pub state_dir: PathBuf,
+    pub resync_interval: Duration,
+}
+
+/// Jittered exponential backoff: the n-th wait is uniform in `[0, min(MAX, BASE·2ⁿ)]` ("full
+/// jitter"), so thousands of agents that lost the same coordinator do not return in step.
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    pub const BASE: Duration = Duration::from_millis(100);
+    pub const MAX: Duration = Duration::from_secs(5);
+
+    pub fn new() -> Self {
+        Backoff { attempt: 0 }
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = Self::BASE
+            .saturating_mul(1 << self.attempt.min(16))
+            .min(Self::MAX);
+        self.attempt += 1;
+        ceiling.mul_f64(fastrand::f64())
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{address}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true))
+}
+
+async fn client(address: &str) -> Result<AgentServiceClient<Channel>, String> {
+    let channel = endpoint(address)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(AgentServiceClient::new(channel)
+        .max_decoding_message_size(crate::service::MAX_RESPONSE_BYTES))
+}
+
+/// Runs the agent until `shutdown` completes.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let cache = Arc::new(Cache::open(&config.state_dir)?);
+    let held = cache.load_assignments()?;
+    if let Some(h) = &held {
+        tracing::info!(
+            version = h.version,
+            assignments = h.assignments.len(),
+            "starting from the cached assignments"
+        );
+    }
+    let (held_tx, held_rx) = watch::channel(held);
+    let (reports_tx, reports_rx) = watch::channel(Vec::<StatusReport>::new());
+    let config = Arc::new(config);
+    let tasks = [
+        spawn_named(
+            "assignment-stream",
+            stream_assignments(config.clone(), cache.clone(), held_tx),
+        ),
+        spawn_named(
+            "reconciler",
+            reconcile_loop(config.clone(), cache, held_rx, reports_tx),
+        ),
+        spawn_named("status-reporter", report_loop(config.clone(), reports_rx)),
+    ];
+    shutdown.await;
+    for task in tasks {
+        task.abort();
+    }
+    Ok(())
+}
+
+async fn stream_assignments(
+    config: Arc<AgentConfig>,
+    cache: Arc<Cache>,
+    held: watch::Sender<Option<Held>>,
+) {
+    let mut backoff = Backoff::new();
+    let mut next = 0usize;
+    loop {
+        let address = &config.endpoints[next % config.endpoints.len()];
+        next += 1;
+        let since = held.borrow().as_ref().map_or(0, |h| h.version);
+        match watch_one(address, &config.cluster, since, &cache, &held, &mut backoff).await {
+            Ok(()) => tracing::info!(%address, "assignment stream ended; reconnecting"),
+            Err(error) => tracing::warn!(%address, %error, "assignment stream failed"),
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// One `WatchAssignments` stream until it ends or fails.
+async fn watch_one(
+    address: &str,
+    cluster: &str,
+    since_version: u64,
+    cache: &Cache,
+    held: &watch::Sender<Option<Held>>,
+    backoff: &mut Backoff,
+) -> Result<(), String> {
+    let mut client = client(address).await?;
+    let mut stream = client
+        .watch_assignments(WatchAssignmentsRequest {
+            cluster: cluster.to_string(),
+            since_version,
+        })
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    tracing::info!(%address, since_version, "watching assignments");
+    while let Some(set) = stream
+        .message()
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+    {
+        backoff.reset();
+        let current = held.borrow().as_ref().map_or(0, |h| h.version);
+        let have_any = held.borrow().is_some();
+        if set.version < current || (set.version == current && have_any) {
+            continue; // Stale (a node behind the one we heard from last) or nothing new.
+        }
+        let mut assignments = Vec::with_capacity(set.assignments.len());
+        for a in set.assignments {
+            match convert::assignment_from_wire(a) {
+                Ok(a) => assignments.push(a),
+                Err(error) => tracing::error!(%error, "ignoring a malformed assignment"),
+            }
+        }
+        let new = Held {
+            version: set.version,
+            assignments,
+        };
+        if let Err(error) = cache.save_assignments(&new) {
+            tracing::error!(%error, "cannot cache the assignments; enforcing them anyway");
+        }
+        tracing::info!(version = new.version, "new assignments");
+        held.send_replace(Some(new));
+    }
+    Ok(())
+}
+
+/// The reconciler's memory of one workload.
+#[derive(Default)]
+struct WorkloadState {
+    /// The last good render (of the desired revision once it has been fetched).
+    render: Option<CachedRender>,
+    /// The revision applied successfully at least once, for telling drift from an upgrade.
+    applied: Option<fleet_core::Revision>,
+}
+
+async fn reconcile_loop(
+    config: Arc<AgentConfig>,
+    cache: Arc<Cache>,
+    mut held: watch::Receiver<Option<Held>>,
+    reports: watch::Sender<Vec<StatusReport>>,
+) {
+    let TargetSpec::Files(root) = &config.target;
+    let target = Arc::new(FilesTarget::new(root.clone(), &config.state_dir));
+    let git = Arc::new(GitCache::new(&config.state_dir));
+    let mut workloads: BTreeMap<String, WorkloadState> = BTreeMap::new();
+    loop {
+        let current = held.borrow_and_update().clone();
+        if let Some(current) = current {
+            let mut pass = Vec::new();
+            for assignment in &current.assignments {
+                let state = workloads.entry(assignment.workload.clone()).or_default();
+                if state.render.is_none() {
+                    state.render =
+                        cache
+                            .load_render(&assignment.workload)
+                            .unwrap_or_else(|error| {
+                                tracing::warn!(%error, "ignoring the cached render");
+                                None
+                            });
+                }
+                let report = reconcile_workload(assignment, state, &git, &target, &cache).await;
+                pass.push(report);
+            }
+            let assigned: BTreeSet<&str> = current
+                .assignments
+                .iter()
+                .map(|a| a.workload.as_str())
+                .collect();
+            prune_unassigned(&assigned, &target, &cache, &mut workloads).await;
+            reports.send_replace(pass);
+        }
+        tokio::select! {
+            result = held.changed() => if result.is_err() { return },
+            () = tokio::time::sleep(config.resync_interval) => {}
+        }
+    }
+}
+
+async fn prune_unassigned(
+    assigned: &BTreeSet<&str>,
+    target: &Arc<FilesTarget>,
+    cache: &Cache,
+    workloads: &mut BTreeMap<String, WorkloadState>,
+) {
+    let target2 = target.clone();
+    let owned = match tokio::task::spawn_blocking(move || target2.workloads()).await {
+        Ok(Ok(owned)) => owned,
+        Ok(Err(error)) => return tracing::error!(%error, "cannot list owned workloads"),
+        Err(error) => return tracing::error!(%error, "inventory listing panicked"),
+    };
+    for workload in owned.into_iter().filter(|w| !assigned.contains(w.as_str())) {
+        let target = target.clone();
+        let name = workload.clone();
+        match tokio::task::spawn_blocking(move || target.forget(&name)).await {
+            Ok(Ok(removed)) => {
+                tracing::info!(%workload, removed = removed.len(), "pruned a workload no longer assigned");
+                workloads.remove(&workload);
+                if let Err(error) = cache.forget_render(&workload) {
+                    tracing::warn!(%error, "cannot drop the cached render");
+                }
+            }
+            Ok(Err(error)) => tracing::error!(%workload, %error, "cannot prune"),
+            Err(error) => tracing::error!(%workload, %error, "pruning panicked"),
+        }
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// One workload, one pass: fetch and render if the revision changed, then apply (repairing
+/// drift). Returns the report.
+async fn reconcile_workload(
+    assignment: &Assignment,
+    state: &mut WorkloadState,
+    git: &Arc<GitCache>,
+    target: &Arc<FilesTarget>,
+    cache: &Cache,
+) -> StatusReport {
+    let mut error = None;
+    let wanted = &assignment.revision;
+    if state.render.as_ref().map(|r| &r.revision) != Some(wanted) {
+        let (git, url, rev, path) = (
+            git.clone(),
+            assignment.repo_url.clone(),
+            wanted.0.clone(),
+            assignment.path.clone(),
+        );
+        let rendered = tokio::task::spawn_blocking(move || git.render(&url, &rev, &path))
+            .await
+            .unwrap_or_else(|e| Err(AgentError::Git(format!("render panicked: {e}"))))
+            .and_then(|render| {
+                check_render(&render).map_err(|e| AgentError::Refused(e.to_string()))?;
+                Ok(render)
+            });
+        match rendered {
+            Ok(render) => {
+                let new = CachedRender {
+                    revision: wanted.clone(),
+                    hash: render_hash(&render),
+                    render,
+                };
+                if let Err(e) = cache.save_render(&assignment.workload, &new) {
+                    tracing::error!(error = %e, "cannot cache the render; applying it anyway");
+                }
+                tracing::info!(workload = %assignment.workload, revision = %wanted, files = new.render.len(), "rendered");
+                state.render = Some(new);
+            }
+            Err(e) => {
+                tracing::error!(workload = %assignment.workload, revision = %wanted, error = %e, "cannot render the assigned revision; keeping the previous one");
+                error = Some(e.to_string());
+            }
+        }
+    }
+    let mut drift = 0;
+    let mut objects = Vec::new();
+    let mut applied_revision = String::new();
+    let mut render_hash_hex = String::new();
+    if let Some(cached) = &state.render {
+        let (target, workload, render) = (
+            target.clone(),
+            assignment.workload.clone(),
+            cached.render.clone(),
+        );
+        let applied = tokio::task::spawn_blocking(move || target.apply(&workload, &render))
+            .await
+            .unwrap_or_else(|e| Err(AgentError::Target(format!("apply panicked: {e}"))));
+        match applied {
+            Ok(applied) => {
+                let upgrade = state.applied.as_ref() != Some(&cached.revision);
+                if !upgrade && !applied.written.is_empty() {
+                    drift = applied.written.len() as u32;
+                    tracing::warn!(workload = %assignment.workload, files = ?applied.written, "repaired drift");
+                }
+                if upgrade {
+                    tracing::info!(workload = %assignment.workload, revision = %cached.revision, written = applied.written.len(), removed = applied.removed.len(), "applied");
+                }
+                state.applied = Some(cached.revision.clone());
+                applied_revision = cached.revision.0.clone();
+                render_hash_hex = cached.hash.clone();
+                let repaired: BTreeSet<&String> = applied.written.iter().collect();
+                objects = cached
+                    .render
+                    .keys()
+                    .map(|path| ObjectStatus {
+                        name: path.clone(),
+                        sync: SyncState::Synced,
+                        health: HealthState::Healthy,
+                        message: if repaired.contains(path) && !upgrade {
+                            "drift repaired".into()
+                        } else {
+                            String::new()
+                        },
+                    })
+                    .collect();
+            }
+            Err(e) => {
+                tracing::error!(workload = %assignment.workload, error = %e, "cannot apply");
+                error.get_or_insert(e.to_string());
+                if let Some(revision) = &state.applied {
+                    applied_revision = revision.0.clone();
+                }
+            }
+        }
+    }
+    // Repaired objects first, so the cap keeps the interesting ones.
+    objects.sort_by_key(|o| o.message.is_empty());
+    let omitted = objects.len().saturating_sub(MAX_REPORT_OBJECTS);
+    objects.truncate(MAX_REPORT_OBJECTS);
+    for o in &mut objects {
+        o.message = truncate(&o.message, MAX_OBJECT_MESSAGE_LEN);
+    }
+    let (sync, health) = match (&error, applied_revision.is_empty()) {
+        (Some(_), true) => (SyncState::Failed, HealthState::Unknown),
+        (Some(_), false) => (SyncState::Failed, HealthState::Healthy),
+        (None, true) => (SyncState::OutOfSync, HealthState::Unknown),
+        (None, false) => (SyncState::Synced, HealthState::Healthy),
+    };
+    StatusReport {
+        workload: assignment.workload.clone(),
+        applied_revision,
+        desired_revision: wanted.0.clone(),
+        assignment_version: assignment.version,
+        render_hash: render_hash_hex,
+        sync,
+        health,
+        error: error.map_or_else(String::new, |e| truncate(&e, MAX_STATUS_ERROR_LEN)),
+        drift_count: drift,
+        objects,
+        objects_omitted: omitted as u32,
+    }
+}
+
+async fn report_loop(config: Arc<AgentConfig>, mut reports: watch::Receiver<Vec<StatusReport>>) {
+    let mut backoff = Backoff::new();
+    let mut preferred = 0usize;
+    let mut pending = false;
+    loop {
+        if !pending {
+            tokio::select! {
+                result = reports.changed() => if result.is_err() { return },
+                () = tokio::time::sleep(config.resync_interval) => {}
+            }
+        }
+        let batch: Vec<_> = reports
+            .borrow_and_update()
+            .iter()
+            .map(convert::status_report)
+            .collect();
+        if batch.is_empty() {
+            pending = false;
+            continue;
+        }
+        let mut sent = false;
+        for i in 0..config.endpoints.len() {
+            let index = (preferred + i) % config.endpoints.len();
+            let address = &config.endpoints[index];
+            match send_report(address, &config.cluster, batch.clone()).await {
+                Ok(committed) => {
+                    tracing::debug!(%address, committed, "status reported");
+                    preferred = index;
+                    sent = true;
+                    break;
+                }
+                Err(error) => tracing::debug!(%address, %error, "status report failed"),
+            }
+        }
+        if sent {
+            backoff.reset();
+            pending = false;
+        } else {
+            pending = true;
+            let delay = backoff.next_delay();
+            tracing::warn!(?delay, "no coordinator took the status report; retrying");
+            tokio::select! {
+                _ = reports.changed() => {}
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+async fn send_report(
+    address: &str,
+    cluster: &str,
+    reports: Vec<crate::proto::StatusReport>,
+) -> Result<u32, String> {
+    let mut client = client(address).await?;
+    let request = tonic::Request::new(ReportStatusRequest {
+        cluster: cluster.to_string(),
+        reports,
+    });
+    let mut request = request;
+    request.set_timeout(Duration::from_secs(5));
+    client
+        .report_status(request)
+        .await
+        .map(|r| r.into_inner().committed)
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new();
+        let mut ceilings_hit = 0;
+        for n in 0..40 {
+            let d = b.next_delay();
+            let ceiling = Backoff::BASE
+                .saturating_mul(1 << n.min(16))
+                .min(Backoff::MAX);
+            assert!(d <= ceiling, "{n}: {d:?} > {ceiling:?}");
+            if ceiling == Backoff::MAX {
+                ceilings_hit += 1;
+            }
+        }
+        assert!(ceilings_hit > 30);
+        b.reset();
+        assert!(b.next_delay() <= Backoff::BASE);
+        // Jitter: many draws at the cap are not all the same.
+        let draws: BTreeSet<u128> = (0..20)
+            .map(|_| {
+                let mut b = Backoff { attempt: 10 };
+                b.next_delay().as_micros()
+            })
+            .collect();
+        assert!(draws.len() > 10);
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("æøåæøå", 7), "æø...");
+    }
+}
