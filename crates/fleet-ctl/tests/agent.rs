@@ -229,3 +229,134 @@ async fn agents_apply_releases_repair_drift_prune_and_refuse_bad_revisions() {
             .any(|o| o["name"] == "nginx.conf")
     );
 }
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_keeps_enforcing_from_its_cache_while_every_coordinator_is_down() {
+    let mut coordinators = ProcessCluster::start(1, &[]).await;
+    let ep = coordinators.endpoints();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    write(&repo, "site/nginx.conf", "listen 80;\n");
+    write(&repo, "site/html/index.html", "<h1>fleet</h1>\n");
+    let c1 = commit(&repo, "v1");
+    ok_json(&ep, &["site", "add", "oslo"]);
+    ok_json(
+        &ep,
+        &[
+            "cluster", "register", "stg-a", "--site", "oslo", "--env", "staging",
+        ],
+    );
+    let url = format!("file://{}", repo.display());
+    ok_json(
+        &ep,
+        &[
+            "workload", "create", "web", "--repo", &url, "--path", "site",
+        ],
+    );
+    let mut agent = AgentProcess::start(dir.path(), "stg-a", &ep, "500ms");
+    publish(&ep, &c1);
+    wait_until(Duration::from_secs(5), "v1 applied and reported", || {
+        status_of(&ep, "stg-a")["report"]["applied_revision"] == c1.as_str()
+    })
+    .await;
+
+    // Every coordinator down: drift is still repaired.
+    coordinators.node(1).kill();
+    std::fs::write(agent.root.join("web/nginx.conf"), "listen 8080;\n").unwrap();
+    wait_until(
+        Duration::from_secs(3),
+        "drift repaired without coordinators",
+        || agent.file("web", "nginx.conf").as_deref() == Some("listen 80;\n"),
+    )
+    .await;
+
+    // Restarted while the coordinators are down, and with the Git origin gone too: the agent
+    // re-applies from its cache.
+    agent.kill();
+    std::fs::rename(&repo, dir.path().join("repo-away")).unwrap();
+    std::fs::remove_file(agent.root.join("web/html/index.html")).unwrap();
+    agent.restart();
+    wait_until(
+        Duration::from_secs(5),
+        "restarted agent re-applies from cache",
+        || agent.file("web", "html/index.html").as_deref() == Some("<h1>fleet</h1>\n"),
+    )
+    .await;
+    assert!(agent.log().contains("starting from the cached assignments"));
+
+    // The coordinators return: the agent reports again.
+    let back = now_ms();
+    coordinators.node(1).restart();
+    coordinators.wait_for_leader(Duration::from_secs(10)).await;
+    wait_until(
+        Duration::from_secs(10),
+        "agent reports after the return",
+        || {
+            let row = status_of(&ep, "stg-a");
+            row["last_seen_ms"].as_u64().is_some_and(|t| t >= back)
+                && row["report"]["sync"] == "Synced"
+                && row["report"]["applied_revision"] == c1.as_str()
+        },
+    )
+    .await;
+}
+
+/// The `fleet-node` process of the embedded demo, killed when dropped.
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_demo_runs_the_whole_loop_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = fleet_node::testing::free_port();
+    let ep = format!("127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.path().join("demo.log")).unwrap();
+    let _demo = Demo(
+        std::process::Command::new(fleet_node::testing::fleet_node_binary())
+            .current_dir(dir.path())
+            .args(["demo", "--listen", &ep])
+            .args([
+                "--metrics-listen",
+                &format!("127.0.0.1:{}", fleet_node::testing::free_port()),
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let staging = dir.path().join("fleet-demo/stg-oslo-1/web/nginx.conf");
+    wait_until(
+        Duration::from_secs(20),
+        "the demo agent wrote staging",
+        || staging.exists(),
+    )
+    .await;
+    assert!(
+        std::fs::read_to_string(&staging)
+            .unwrap()
+            .contains("web.staging.example.no")
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the demo reports staging synced",
+        || status_of(&ep, "stg-oslo-1")["report"]["sync"] == "Synced",
+    )
+    .await;
+    // Production has no release yet, so its agents write nothing.
+    assert!(!dir.path().join("fleet-demo/prod-oslo-1/web").exists());
+}

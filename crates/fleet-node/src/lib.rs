@@ -9,6 +9,7 @@ pub mod agent;
 pub mod batcher;
 pub mod convert;
 pub mod coordinator;
+pub mod demo;
 pub mod disk;
 pub mod error;
 pub mod health;

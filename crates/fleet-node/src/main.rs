@@ -1,17 +1,15 @@
-//! `fleet-node`: runs a coordinator node. With no subcommand it runs the embedded demo: a
-//! single-node coordinator on 127.0.0.1:7400 with its data under ./fleet-data, seeded with a
-//! demo fleet.
+//! `fleet-node`: runs a coordinator node or an agent. With no subcommand it runs the embedded
+//! demo: a single-node coordinator on 127.0.0.1:7400 with its data under ./fleet-data, seeded
+//! with a demo fleet and a demo Git repository, and one agent per demo cluster writing under
+//! ./fleet-demo.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use fleet_core::Command;
-use fleet_node::coordinator::{self, Coordinator, CoordinatorConfig, Start};
-use fleet_node::error::NodeError;
+use fleet_node::coordinator::{self, CoordinatorConfig, Start};
+use fleet_node::demo::{self, DemoPaths};
 
 #[derive(Parser)]
 #[command(name = "fleet-node", version, about = "fleet coordinator node")]
@@ -140,6 +138,9 @@ struct DemoArgs {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long, default_value = "127.0.0.1:9400")]
     metrics_listen: SocketAddr,
+    /// Where the demo agents write: one files-target root per cluster below it.
+    #[arg(long, default_value = "fleet-demo")]
+    roots: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -165,6 +166,7 @@ fn main() -> anyhow::Result<()> {
                     listen: "127.0.0.1:7400".parse().expect("valid address"),
                     data_dir: "fleet-data".into(),
                     metrics_listen: "127.0.0.1:9400".parse().expect("valid address"),
+                    roots: "fleet-demo".into(),
                 })
                 .await
             }
@@ -221,47 +223,21 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     config.metrics_listen = Some(args.metrics_listen);
     let metrics = args.metrics_listen;
     let listen = args.listen;
+    let paths = DemoPaths::new(&args.data_dir, &args.roots);
     coordinator::run(config, shutdown_signal(), move |c| async move {
-        seed_demo_fleet(&c).await?;
+        demo::seed(&c, &paths.repository).await?;
+        demo::start_agents(&listen.to_string(), &paths.roots, &paths.agent_state);
         eprintln!(
-            "fleet demo coordinator on {listen}, data in {}, metrics on http://{metrics}/metrics. Try: fleet-ctl --endpoints {listen} status",
-            args.data_dir.display()
+            "fleet demo: coordinator on {listen} (data in {}), metrics on http://{metrics}/metrics,\n\
+             one agent per demo cluster writing under {}/<cluster>/web/, demo repository in {}.\n\
+             Try: fleet-ctl --endpoints {listen} status",
+            args.data_dir.display(),
+            paths.roots.display(),
+            paths.repository.display(),
         );
         Ok(())
     })
     .await?;
-    Ok(())
-}
-
-/// The demo fleet: three sites, one staging cluster in Oslo and one production cluster per
-/// site. Seeded once; a restarted demo keeps what it has.
-async fn seed_demo_fleet(c: &Arc<Coordinator>) -> Result<(), NodeError> {
-    if c.read_state(|s| s.sites().next().is_some()) {
-        return Ok(());
-    }
-    let mut commands = Vec::new();
-    for site in ["oslo", "bergen", "stavanger"] {
-        commands.push(Command::AddSite { name: site.into() });
-    }
-    let clusters = [
-        ("stg-oslo-1", "oslo", "staging"),
-        ("prod-oslo-1", "oslo", "production"),
-        ("prod-bergen-1", "bergen", "production"),
-        ("prod-stavanger-1", "stavanger", "production"),
-    ];
-    for (name, site, environment) in clusters {
-        commands.push(Command::RegisterCluster {
-            name: name.into(),
-            site: site.into(),
-            environment: environment.into(),
-            labels: BTreeMap::from([("tier".to_string(), "web".to_string())]),
-        });
-    }
-    for command in commands {
-        c.write(command, "system:demo".into(), "demo fleet".into())
-            .await?;
-    }
-    tracing::info!("demo fleet seeded");
     Ok(())
 }
 

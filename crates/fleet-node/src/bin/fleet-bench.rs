@@ -7,6 +7,10 @@
 //! - `etcd`: the same workload against a 3-member etcd 3.4 (Debian's `etcd-server`, started
 //!   here on loopback with its data on the same filesystem) in the same run, with ratios.
 //!
+//! - `fanout`: thousands of simulated agents streaming their assignments (`WatchAssignments`)
+//!   from one coordinator, or from the followers of a 3-node cluster: the time from a release's
+//!   publication to the last agent receiving it, and coordinator memory per connected agent.
+//!
 //! Run from a release build: `cargo run --release -p fleet-node --bin fleet-bench -- writes`.
 
 use std::fs::File;
@@ -62,6 +66,18 @@ enum BenchCommand {
         pairs: usize,
         #[command(flatten)]
         common: Common,
+    },
+    /// Simulated agents streaming assignments; time for a release to reach all of them.
+    Fanout {
+        /// Simulated agents per round, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        agents: Vec<usize>,
+        /// Coordinator nodes; with more than one, agents stream from the followers only.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// Releases published per round (each one measured).
+        #[arg(long, default_value_t = 3)]
+        releases: usize,
     },
     /// The same small writes against this fleet cluster and a 3-member etcd 3.4 (the `etcd`
     /// binary of Debian's etcd-server), in the same run.
@@ -155,6 +171,11 @@ fn main() -> anyhow::Result<()> {
                 common,
                 etcd,
             } => against_etcd(clients, &common, &etcd).await,
+            BenchCommand::Fanout {
+                agents,
+                nodes,
+                releases,
+            } => fanout(agents, nodes, releases).await,
         }
     })
 }
@@ -268,6 +289,7 @@ async fn probe_overhead(clients: usize, pairs: usize, common: &Common) -> anyhow
     );
     let target = Target::Fleet(targets);
     let mut overheads = Vec::new();
+    let (mut total_off, mut total_on) = (0.0, 0.0);
     let mut round_no = 0;
     for pair in 0..pairs {
         // Alternate which goes first, so a drift of the machine does not favour one side.
@@ -294,11 +316,18 @@ async fn probe_overhead(clients: usize, pairs: usize, common: &Common) -> anyhow
                 off = round.rate();
             }
         }
+        total_off += off;
+        total_on += on;
         let overhead = (off - on) / off * 100.0;
         overheads.push(overhead);
         println!("{pair:>4}  {off:>12.0}  {on:>11.0}  {overhead:>10.2}");
     }
     let (mean, half_width) = mean_and_ci95(&overheads);
+    println!(
+        "all pairs together: {total_off:.0} writes with the probe off, {total_on:.0} with it on: \
+         {:.2}% fewer",
+        (total_off - total_on) / total_off * 100.0
+    );
     overheads.sort_by(f64::total_cmp);
     println!(
         "probe overhead over {pairs} pairs: mean {mean:.2}% of write throughput, 95% confidence \
@@ -543,6 +572,188 @@ async fn run_workload(
     }
     round.seconds = (Instant::now() - measure_from).as_secs_f64();
     Ok(round)
+}
+
+/// Streams one HTTP/2 connection carries in the fan-out benchmark (hyper's server allows 200
+/// concurrent streams per connection by default).
+const STREAMS_PER_CONNECTION: usize = 100;
+
+/// Resident memory of a process in bytes, from /proc.
+fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb * 1024)
+}
+
+async fn fanout(rounds: Vec<usize>, nodes: usize, releases: usize) -> anyhow::Result<()> {
+    use fleet_node::proto::agent_service_client::AgentServiceClient;
+    use fleet_node::proto::{
+        CreateWorkloadRequest, PublishReleaseRequest, WatchAssignmentsRequest,
+    };
+
+    let (cluster, _) = start_fleet(nodes, &[], Via::All).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let serving: Vec<u64> = if nodes == 1 {
+        vec![leader]
+    } else {
+        cluster.others(leader)
+    };
+    eprintln!(
+        "fleet-bench fanout: {nodes} coordinator processes in {}, agents stream from node(s) {serving:?}",
+        cluster.dir().display()
+    );
+    println!(
+        "{:>6}  {:>5}  {:>8}  {:>8}  {:>8}  {:>8}  {:>14}",
+        "agents", "nodes", "release", "p50_ms", "p99_ms", "max_ms", "rss_per_agent"
+    );
+    let mut client = connect(&cluster.address(leader)).await.context("connect")?;
+    let mut registered = 0usize;
+    for (round_no, agents) in rounds.into_iter().enumerate() {
+        // Register clusters up to `agents`, 64 at a time.
+        while registered < agents {
+            let batch: Vec<_> = (registered..agents.min(registered + 64))
+                .map(|i| {
+                    let mut c = client.clone();
+                    async move {
+                        c.register_cluster(RegisterClusterRequest {
+                            name: format!("agent-{i}"),
+                            site: "bench".into(),
+                            environment: "staging".into(),
+                            labels: Default::default(),
+                            reason: String::new(),
+                        })
+                        .await
+                    }
+                })
+                .collect();
+            for r in futures_join_all(batch).await {
+                r?;
+            }
+            registered = agents.min(registered + 64);
+        }
+        let workload = format!("fan{round_no}");
+        client
+            .create_workload(CreateWorkloadRequest {
+                name: workload.clone(),
+                repo_url: "https://git.example.no/fan.git".into(),
+                path_template: "deploy/{environment}".into(),
+                reason: String::new(),
+            })
+            .await?;
+        let pids: Vec<u32> = serving
+            .iter()
+            .filter_map(|id| cluster.nodes.iter().find(|n| n.id == *id)?.pid())
+            .collect();
+        let rss_before: u64 = pids
+            .iter()
+            .map(|p| rss_bytes(*p))
+            .sum::<anyhow::Result<u64>>()?;
+        // Open the streams: each agent waits for a version above the one it first sees.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, u64, Instant)>(agents);
+        let mut channels = Vec::new();
+        for c in 0..agents.div_ceil(STREAMS_PER_CONNECTION) {
+            let node = serving[c % serving.len()];
+            let endpoint = tonic::transport::Endpoint::from_shared(format!(
+                "http://{}",
+                cluster.address(node)
+            ))?;
+            channels.push(endpoint.connect().await?);
+        }
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(agents);
+        let mut tasks = Vec::new();
+        for i in 0..agents {
+            let channel = channels[i / STREAMS_PER_CONNECTION].clone();
+            let (tx, ready_tx) = (tx.clone(), ready_tx.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut agent = AgentServiceClient::new(channel);
+                let mut stream = agent
+                    .watch_assignments(WatchAssignmentsRequest {
+                        cluster: format!("agent-{i}"),
+                        since_version: 0,
+                    })
+                    .await?
+                    .into_inner();
+                let mut seen: Option<u64> = None;
+                while let Some(set) = stream.message().await? {
+                    let Some(held) = seen else {
+                        // The first set, sent at once: the agent is connected.
+                        seen = Some(set.version);
+                        let _ = ready_tx.send(()).await;
+                        continue;
+                    };
+                    if set.version > held {
+                        seen = Some(set.version);
+                        if tx.send((i, set.version, Instant::now())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for _ in 0..agents {
+            ready_rx
+                .recv()
+                .await
+                .context("an agent stream failed before it was ready")?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss_after: u64 = pids
+            .iter()
+            .map(|p| rss_bytes(*p))
+            .sum::<anyhow::Result<u64>>()?;
+        let per_agent = rss_after.saturating_sub(rss_before) as f64 / agents as f64;
+        for release in 0..releases {
+            let revision = format!("{:040x}", (round_no * 1000 + release + 1) as u128);
+            let sent = Instant::now();
+            client
+                .publish_release(PublishReleaseRequest {
+                    workload: workload.clone(),
+                    revision,
+                    reason: String::new(),
+                })
+                .await?;
+            let mut latency_us = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+            for _ in 0..agents {
+                let (_, _, at) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                    .await
+                    .context("not every agent received the release within 60 s")?
+                    .context("agent streams ended")?;
+                latency_us.record((at - sent).as_micros().max(1) as u64)?;
+            }
+            println!(
+                "{:>6}  {:>5}  {:>8}  {:>8.2}  {:>8.2}  {:>8.2}  {:>11.1} KiB",
+                agents,
+                nodes,
+                release + 1,
+                latency_us.value_at_quantile(0.5) as f64 / 1000.0,
+                latency_us.value_at_quantile(0.99) as f64 / 1000.0,
+                latency_us.max() as f64 / 1000.0,
+                per_agent / 1024.0,
+            );
+        }
+        for task in tasks {
+            task.abort();
+        }
+    }
+    Ok(())
+}
+
+async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("task panicked"));
+    }
+    out
 }
 
 /// A 3-member (or `size`-member) etcd cluster on loopback, stopped by pid when dropped.
