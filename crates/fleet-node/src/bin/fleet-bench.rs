@@ -630,7 +630,7 @@ async fn fanout(rounds: Vec<usize>, nodes: usize, releases: usize) -> anyhow::Re
                     }
                 })
                 .collect();
-            for r in futures_join_all(batch).await {
+            for r in join_all(batch).await {
                 r?;
             }
             registered = agents.min(registered + 64);
@@ -743,9 +743,10 @@ async fn fanout(rounds: Vec<usize>, nodes: usize, releases: usize) -> anyhow::Re
     Ok(())
 }
 
-async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
+/// Runs `futures` as tasks and returns their outputs in order.
+async fn join_all<F>(futures: Vec<F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
