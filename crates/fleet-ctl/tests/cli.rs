@@ -102,7 +102,12 @@ async fn ctl_registers_publishes_by_ref_and_reports_status_as_json() {
     assert!(table.status.success());
     let text = String::from_utf8(table.stdout).unwrap();
     assert!(text.starts_with("CLUSTER"), "{text}");
-    assert!(text.contains(&head), "{text}");
+    // The table shows revisions shortened to 12 hex digits; JSON has them whole.
+    assert!(text.contains(&head[..12]), "{text}");
+    assert!(
+        text.contains("APPLIED") && text.contains("LAST SEEN"),
+        "{text}"
+    );
 
     // Every change above is in the audit log, in order, chained by hash.
     let audit = ok_json(&ep, &["audit"]);
