@@ -403,12 +403,15 @@ impl AgentService for AgentApi {
     ) -> Reply<Self::WatchAssignmentsStream> {
         let r = request.into_inner();
         fleet_core::validate::dns_label("cluster", &r.cluster).map_err(NodeError::from)?;
+        // Subscribed before the first read, so a change right after it is not missed.
+        let mut changed = self.0.assignments_changed.clone();
+        changed.mark_unchanged();
         // The first set, or NOT_FOUND, before the stream opens.
         let first = assignment_set(&self.0, &r.cluster)?;
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         spawn_named(
             "assignment-watch",
-            serve_watch(self.0.clone(), r.cluster, first, tx),
+            serve_watch(self.0.clone(), changed, r.cluster, first, tx),
         );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -441,15 +444,12 @@ impl AgentService for AgentApi {
             let workload = report.workload.clone();
             let command = Command::RecordStatus {
                 cluster: r.cluster.clone(),
-                report,
+                report: report.clone(),
             };
             // Checked here too, so a bad heartbeat is refused even when nothing is committed.
             let needs_commit = self.0.read_state(|s| {
                 s.check(&command, &heartbeat_context(&r.cluster, now))?;
-                let Command::RecordStatus { report, .. } = &command else {
-                    unreachable!("built above")
-                };
-                Ok::<_, fleet_core::CoreError>(s.report_needs_commit(&r.cluster, report, now))
+                Ok::<_, fleet_core::CoreError>(s.report_needs_commit(&r.cluster, &report, now))
             });
             if needs_commit.map_err(NodeError::from)? {
                 self.0
@@ -491,12 +491,11 @@ fn assignment_set(c: &Coordinator, cluster: &str) -> Result<AssignmentSet, Statu
 /// goes away or the cluster is removed (then NOT_FOUND ends the stream).
 async fn serve_watch(
     c: Arc<Coordinator>,
+    mut changed: tokio::sync::watch::Receiver<u64>,
     cluster: String,
     first: AssignmentSet,
     tx: tokio::sync::mpsc::Sender<Result<AssignmentSet, Status>>,
 ) {
-    let mut changed = c.assignments_changed.clone();
-    changed.mark_unchanged();
     let mut sent = first.clone();
     if tx.send(Ok(first)).await.is_err() {
         return;

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fleet_core::render::{FileKind, Render, render_hash};
 use fleet_core::{Assignment, Revision};
@@ -36,7 +37,8 @@ pub struct Held {
 pub struct CachedRender {
     pub revision: Revision,
     pub hash: String,
-    pub render: Render,
+    /// Shared, so a resync hands it to the blocking apply without copying file contents.
+    pub render: Arc<Render>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -112,13 +114,13 @@ impl Cache {
         Ok(Some(CachedRender {
             revision: manifest.revision,
             hash: manifest.hash,
-            render,
+            render: Arc::new(render),
         }))
     }
 
     pub fn save_render(&self, workload: &str, cached: &CachedRender) -> Result<(), AgentError> {
         let mut files = BTreeMap::new();
-        for (path, (kind, content)) in &cached.render {
+        for (path, (kind, content)) in cached.render.iter() {
             let digest = hex::encode(Sha256::digest(content));
             let object = self.dir.join("objects").join(&digest);
             if !object.exists() {

@@ -104,7 +104,7 @@ impl FilesTarget {
             let target = base.join(path);
             self.check_parents(&base, path)?;
             let current = read_current(&target)?;
-            if current.as_ref() == Some(&(*kind, content.clone())) {
+            if matches!(&current, Some((k, c)) if k == kind && c == content) {
                 continue;
             }
             if current.is_some() && !owned.contains(path) {

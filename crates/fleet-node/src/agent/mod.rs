@@ -349,7 +349,7 @@ async fn reconcile_workload(
                 let new = CachedRender {
                     revision: wanted.clone(),
                     hash: render_hash(&render),
-                    render,
+                    render: Arc::new(render),
                 };
                 if let Err(e) = cache.save_render(&assignment.workload, &new) {
                     tracing::error!(error = %e, "cannot cache the render; applying it anyway");
@@ -443,6 +443,8 @@ async fn reconcile_workload(
 }
 
 async fn report_loop(config: Arc<AgentConfig>, mut reports: watch::Receiver<Vec<StatusReport>>) {
+    // One connection per endpoint, kept between reports; dropped when a report on it fails.
+    let mut clients: BTreeMap<usize, AgentServiceClient<Channel>> = BTreeMap::new();
     let mut backoff = Backoff::new();
     let mut preferred = 0usize;
     let mut pending = false;
@@ -466,14 +468,27 @@ async fn report_loop(config: Arc<AgentConfig>, mut reports: watch::Receiver<Vec<
         for i in 0..config.endpoints.len() {
             let index = (preferred + i) % config.endpoints.len();
             let address = &config.endpoints[index];
-            match send_report(address, &config.cluster, batch.clone()).await {
+            let client = match clients.get(&index) {
+                Some(client) => client.clone(),
+                None => match client(address).await {
+                    Ok(client) => clients.entry(index).or_insert(client).clone(),
+                    Err(error) => {
+                        tracing::debug!(%address, %error, "cannot connect to report status");
+                        continue;
+                    }
+                },
+            };
+            match send_report(client, &config.cluster, batch.clone()).await {
                 Ok(committed) => {
                     tracing::debug!(%address, committed, "status reported");
                     preferred = index;
                     sent = true;
                     break;
                 }
-                Err(error) => tracing::debug!(%address, %error, "status report failed"),
+                Err(error) => {
+                    tracing::debug!(%address, %error, "status report failed");
+                    clients.remove(&index);
+                }
             }
         }
         if sent {
@@ -492,16 +507,14 @@ async fn report_loop(config: Arc<AgentConfig>, mut reports: watch::Receiver<Vec<
 }
 
 async fn send_report(
-    address: &str,
+    mut client: AgentServiceClient<Channel>,
     cluster: &str,
     reports: Vec<crate::proto::StatusReport>,
 ) -> Result<u32, String> {
-    let mut client = client(address).await?;
-    let request = tonic::Request::new(ReportStatusRequest {
+    let mut request = tonic::Request::new(ReportStatusRequest {
         cluster: cluster.to_string(),
         reports,
     });
-    let mut request = request;
     request.set_timeout(Duration::from_secs(5));
     client
         .report_status(request)
