@@ -453,7 +453,7 @@ impl AgentService for AgentApi {
             });
             if needs_commit.map_err(NodeError::from)? {
                 self.0
-                    .write(command, format!("agent:{}", r.cluster), String::new())
+                    .write(command, agent_actor(&r.cluster), String::new())
                     .await?;
                 committed += 1;
             }
@@ -467,10 +467,15 @@ impl AgentService for AgentApi {
 /// buffer just delays the next send.
 const WATCH_BUFFER: usize = 2;
 
+/// The actor an agent's status reports are committed as.
+fn agent_actor(cluster: &str) -> String {
+    format!("agent:{cluster}")
+}
+
 fn heartbeat_context(cluster: &str, now_ms: u64) -> fleet_core::Context {
     fleet_core::Context {
         now_ms,
-        actor: format!("agent:{cluster}"),
+        actor: agent_actor(cluster),
         reason: String::new(),
     }
 }

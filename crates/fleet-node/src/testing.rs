@@ -37,6 +37,33 @@ pub fn sibling_binary(name: &str) -> PathBuf {
     path
 }
 
+/// Spawns `command` with stdout and stderr into a new file at `log_path`, no stdin, and the
+/// log filter from `FLEET_NODE_LOG`.
+fn spawn_logged(command: &mut Command, log_path: &Path) -> Child {
+    let log = File::create(log_path).expect("create process log");
+    command
+        .env(
+            "RUST_LOG",
+            std::env::var("FLEET_NODE_LOG")
+                .unwrap_or_else(|_| "info,openraft=warn,sled=warn,h2=warn,tower=warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn fleet-node")
+}
+
+/// Prints the last [`LOG_LINES_ON_FAILURE`] lines of a process log, for a failing test.
+fn print_log_tail(title: &str, log: &str) {
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(LOG_LINES_ON_FAILURE)..];
+    eprintln!("---- {title} log (last {} lines) ----", tail.len());
+    for line in tail {
+        eprintln!("{line}");
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (free when asked; the OS may hand it out again later).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -64,8 +91,8 @@ impl NodeProcess {
     fn spawn(&mut self, start_args: &[String]) {
         self.starts += 1;
         self.log_path = self.data_dir.with_extension(format!("log.{}", self.starts));
-        let log = File::create(&self.log_path).expect("create node log");
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .arg("coordinator")
             .args(["--id", &self.id.to_string()])
             .args(["--listen", &self.address])
@@ -73,18 +100,8 @@ impl NodeProcess {
             .arg(&self.data_dir)
             .args(start_args)
             .args(&self.extra_args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env(
-                "RUST_LOG",
-                std::env::var("FLEET_NODE_LOG")
-                    .unwrap_or_else(|_| "info,openraft=warn,sled=warn,h2=warn,tower=warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn fleet-node");
-        self.child = Some(child);
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.child = Some(spawn_logged(&mut command, &self.log_path));
     }
 
     pub fn is_running(&self) -> bool {
@@ -168,13 +185,7 @@ impl Drop for ProcessCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             for node in &self.nodes {
-                let log = node.log();
-                let lines: Vec<&str> = log.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(LOG_LINES_ON_FAILURE)..];
-                eprintln!("---- node {} log (last {} lines) ----", node.id, tail.len());
-                for line in tail {
-                    eprintln!("{line}");
-                }
+                print_log_tail(&format!("node {}", node.id), &node.log());
             }
         }
         for node in &mut self.nodes {
@@ -388,8 +399,8 @@ impl AgentProcess {
         self.log_path = self
             .state_dir
             .with_extension(format!("log.{}", self.starts));
-        let log = File::create(&self.log_path).expect("create agent log");
-        let child = Command::new(fleet_node_binary())
+        let mut command = Command::new(fleet_node_binary());
+        command
             .arg("agent")
             .args(["--cluster", &self.cluster])
             .args(["--endpoints", &self.endpoints])
@@ -397,18 +408,8 @@ impl AgentProcess {
             .arg(format!("files:{}", self.root.display()))
             .arg("--state-dir")
             .arg(&self.state_dir)
-            .args(["--resync-interval", &self.resync])
-            .env(
-                "RUST_LOG",
-                std::env::var("FLEET_NODE_LOG")
-                    .unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn fleet-node agent");
-        self.child = Some(child);
+            .args(["--resync-interval", &self.resync]);
+        self.child = Some(spawn_logged(&mut command, &self.log_path));
     }
 
     /// SIGKILL, then reap.
@@ -443,12 +444,7 @@ impl AgentProcess {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
-            eprintln!("--- last lines of agent {} ---", self.cluster);
-            for line in &lines[lines.len().saturating_sub(40)..] {
-                eprintln!("{line}");
-            }
+            print_log_tail(&format!("agent {}", self.cluster), &self.log());
         }
         self.kill();
     }

@@ -202,9 +202,8 @@ async fn watch_one(
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
     {
         backoff.reset();
-        let current = held.borrow().as_ref().map_or(0, |h| h.version);
-        let have_any = held.borrow().is_some();
-        if set.version < current || (set.version == current && have_any) {
+        let held_version = held.borrow().as_ref().map(|h| h.version);
+        if held_version.is_some_and(|v| set.version <= v) {
             continue; // Stale (a node behind the one we heard from last) or nothing new.
         }
         let mut assignments = Vec::with_capacity(set.assignments.len());
