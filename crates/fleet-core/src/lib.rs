@@ -10,6 +10,7 @@ pub mod audit;
 pub mod command;
 pub mod error;
 pub mod limits;
+pub mod manifest;
 pub mod model;
 pub mod render;
 pub mod state;

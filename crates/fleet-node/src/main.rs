@@ -52,11 +52,9 @@ fn parse_target(value: &str) -> Result<fleet_node::agent::TargetSpec, String> {
         Some(("files", root)) if !root.is_empty() => {
             Ok(fleet_node::agent::TargetSpec::Files(root.into()))
         }
-        _ if value == "kubernetes" => {
-            Err("the kubernetes target is not available in this build yet; use files:ROOT".into())
-        }
+        _ if value == "kubernetes" => Ok(fleet_node::agent::TargetSpec::Kubernetes),
         _ => Err(format!(
-            "{value:?} is not a target; use files:ROOT (e.g. files:/srv/fleet)"
+            "{value:?} is not a target; use files:ROOT (e.g. files:/srv/fleet) or kubernetes"
         )),
     }
 }

@@ -19,6 +19,8 @@
 pub mod cache;
 pub mod files;
 pub mod git;
+pub mod kubernetes;
+pub mod kustomize;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -39,6 +41,7 @@ use crate::tasks::spawn_named;
 use cache::{Cache, CachedRender, Held};
 use files::FilesTarget;
 use git::GitCache;
+use kubernetes::KubeTarget;
 
 #[derive(Debug, Error)]
 pub enum AgentError {
@@ -61,6 +64,105 @@ pub enum AgentError {
 pub enum TargetSpec {
     /// Files under `ROOT/<workload>/`.
     Files(PathBuf),
+    /// The Kubernetes cluster of the in-cluster configuration or the kubeconfig.
+    Kubernetes,
+}
+
+/// One object after a pass: a file, or a Kubernetes object as `Kind/namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedObject {
+    pub name: String,
+    /// Written in this pass because it was missing or differed.
+    pub written: bool,
+    pub health: HealthState,
+    /// Why it is not Healthy, or why it failed.
+    pub message: String,
+}
+
+/// What one pass of a target did for a workload.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TargetOutcome {
+    pub objects: Vec<AppliedObject>,
+    /// Objects removed because they left Git.
+    pub removed: Vec<String>,
+    /// Set when some objects could not be applied (the others were).
+    pub error: Option<String>,
+}
+
+/// A connected target.
+#[derive(Clone)]
+pub enum Target {
+    Files(Arc<FilesTarget>),
+    Kubernetes(Arc<KubeTarget>),
+}
+
+impl Target {
+    pub async fn open(spec: &TargetSpec, state_dir: &std::path::Path) -> Result<Self, AgentError> {
+        Ok(match spec {
+            TargetSpec::Files(root) => {
+                Target::Files(Arc::new(FilesTarget::new(root.clone(), state_dir)))
+            }
+            TargetSpec::Kubernetes => {
+                Target::Kubernetes(Arc::new(KubeTarget::connect(state_dir).await?))
+            }
+        })
+    }
+
+    async fn apply(
+        &self,
+        workload: &str,
+        cached: &CachedRender,
+    ) -> Result<TargetOutcome, AgentError> {
+        match self {
+            Target::Files(files) => {
+                let (files, name, render) =
+                    (files.clone(), workload.to_string(), cached.render.clone());
+                let applied = tokio::task::spawn_blocking(move || files.apply(&name, &render))
+                    .await
+                    .unwrap_or_else(|e| Err(AgentError::Target(format!("apply panicked: {e}"))))?;
+                let written: BTreeSet<&String> = applied.written.iter().collect();
+                Ok(TargetOutcome {
+                    objects: cached
+                        .render
+                        .keys()
+                        .map(|path| AppliedObject {
+                            name: path.clone(),
+                            written: written.contains(path),
+                            health: HealthState::Healthy,
+                            message: String::new(),
+                        })
+                        .collect(),
+                    removed: applied.removed,
+                    error: None,
+                })
+            }
+            Target::Kubernetes(kube) => kube.apply(workload, &cached.hash, &cached.render).await,
+        }
+    }
+
+    async fn workloads(&self) -> Result<Vec<String>, AgentError> {
+        match self {
+            Target::Files(files) => {
+                let files = files.clone();
+                tokio::task::spawn_blocking(move || files.workloads())
+                    .await
+                    .unwrap_or_else(|e| Err(AgentError::Target(format!("listing panicked: {e}"))))
+            }
+            Target::Kubernetes(kube) => kube.workloads(),
+        }
+    }
+
+    async fn forget(&self, workload: &str) -> Result<Vec<String>, AgentError> {
+        match self {
+            Target::Files(files) => {
+                let (files, name) = (files.clone(), workload.to_string());
+                tokio::task::spawn_blocking(move || files.forget(&name))
+                    .await
+                    .unwrap_or_else(|e| Err(AgentError::Target(format!("pruning panicked: {e}"))))
+            }
+            Target::Kubernetes(kube) => kube.forget(workload).await,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -241,8 +343,15 @@ async fn reconcile_loop(
     mut held: watch::Receiver<Option<Held>>,
     reports: watch::Sender<Vec<StatusReport>>,
 ) {
-    let TargetSpec::Files(root) = &config.target;
-    let target = Arc::new(FilesTarget::new(root.clone(), &config.state_dir));
+    let target = loop {
+        match Target::open(&config.target, &config.state_dir).await {
+            Ok(target) => break target,
+            Err(error) => {
+                tracing::error!(%error, "cannot open the target; retrying");
+                tokio::time::sleep(config.resync_interval.min(Duration::from_secs(10))).await;
+            }
+        }
+    };
     let git = Arc::new(GitCache::new(&config.state_dir));
     let mut workloads: BTreeMap<String, WorkloadState> = BTreeMap::new();
     loop {
@@ -280,29 +389,24 @@ async fn reconcile_loop(
 
 async fn prune_unassigned(
     assigned: &BTreeSet<&str>,
-    target: &Arc<FilesTarget>,
+    target: &Target,
     cache: &Cache,
     workloads: &mut BTreeMap<String, WorkloadState>,
 ) {
-    let target2 = target.clone();
-    let owned = match tokio::task::spawn_blocking(move || target2.workloads()).await {
-        Ok(Ok(owned)) => owned,
-        Ok(Err(error)) => return tracing::error!(%error, "cannot list owned workloads"),
-        Err(error) => return tracing::error!(%error, "inventory listing panicked"),
+    let owned = match target.workloads().await {
+        Ok(owned) => owned,
+        Err(error) => return tracing::error!(%error, "cannot list owned workloads"),
     };
     for workload in owned.into_iter().filter(|w| !assigned.contains(w.as_str())) {
-        let target = target.clone();
-        let name = workload.clone();
-        match tokio::task::spawn_blocking(move || target.forget(&name)).await {
-            Ok(Ok(removed)) => {
+        match target.forget(&workload).await {
+            Ok(removed) => {
                 tracing::info!(%workload, removed = removed.len(), "pruned a workload no longer assigned");
                 workloads.remove(&workload);
                 if let Err(error) = cache.forget_render(&workload) {
                     tracing::warn!(%error, "cannot drop the cached render");
                 }
             }
-            Ok(Err(error)) => tracing::error!(%workload, %error, "cannot prune"),
-            Err(error) => tracing::error!(%workload, %error, "pruning panicked"),
+            Err(error) => tracing::error!(%workload, %error, "cannot prune"),
         }
     }
 }
@@ -318,31 +422,45 @@ fn truncate(text: &str, max: usize) -> String {
     format!("{}...", &text[..end])
 }
 
+/// Fetches and renders `revision` of the assignment: the files under its path, or, for the
+/// Kubernetes target when the path holds a kustomization, the output of `kustomize build`.
+fn render_revision(
+    git: &GitCache,
+    assignment: &Assignment,
+    kubernetes: bool,
+) -> Result<fleet_core::render::Render, AgentError> {
+    let (url, rev, path) = (
+        &assignment.repo_url,
+        &assignment.revision.0,
+        &assignment.path,
+    );
+    let render = git.render(url, rev, path)?;
+    check_render(&render).map_err(|e| AgentError::Refused(e.to_string()))?;
+    if !(kubernetes && fleet_core::manifest::is_kustomization(&render)) {
+        return Ok(render);
+    }
+    let tree = git.render(url, rev, "")?;
+    check_render(&tree).map_err(|e| AgentError::Refused(e.to_string()))?;
+    kustomize::build(&tree, path)
+}
+
 /// One workload, one pass: fetch and render if the revision changed, then apply (repairing
 /// drift). Returns the report.
 async fn reconcile_workload(
     assignment: &Assignment,
     state: &mut WorkloadState,
     git: &Arc<GitCache>,
-    target: &Arc<FilesTarget>,
+    target: &Target,
     cache: &Cache,
 ) -> StatusReport {
     let mut error = None;
     let wanted = &assignment.revision;
     if state.render.as_ref().map(|r| &r.revision) != Some(wanted) {
-        let (git, url, rev, path) = (
-            git.clone(),
-            assignment.repo_url.clone(),
-            wanted.0.clone(),
-            assignment.path.clone(),
-        );
-        let rendered = tokio::task::spawn_blocking(move || git.render(&url, &rev, &path))
+        let (git, a) = (git.clone(), assignment.clone());
+        let kubernetes = matches!(target, Target::Kubernetes(_));
+        let rendered = tokio::task::spawn_blocking(move || render_revision(&git, &a, kubernetes))
             .await
-            .unwrap_or_else(|e| Err(AgentError::Git(format!("render panicked: {e}"))))
-            .and_then(|render| {
-                check_render(&render).map_err(|e| AgentError::Refused(e.to_string()))?;
-                Ok(render)
-            });
+            .unwrap_or_else(|e| Err(AgentError::Git(format!("render panicked: {e}"))));
         match rendered {
             Ok(render) => {
                 let new = CachedRender {
@@ -364,68 +482,77 @@ async fn reconcile_workload(
     }
     let mut drift = 0;
     let mut objects = Vec::new();
-    let mut applied_revision = String::new();
+    let mut applied_revision = state
+        .applied
+        .as_ref()
+        .map_or_else(String::new, |r| r.0.clone());
     let mut render_hash_hex = String::new();
+    let mut health = HealthState::Unknown;
     if let Some(cached) = &state.render {
-        let (target, workload, render) = (
-            target.clone(),
-            assignment.workload.clone(),
-            cached.render.clone(),
-        );
-        let applied = tokio::task::spawn_blocking(move || target.apply(&workload, &render))
-            .await
-            .unwrap_or_else(|e| Err(AgentError::Target(format!("apply panicked: {e}"))));
-        match applied {
-            Ok(applied) => {
+        match target.apply(&assignment.workload, cached).await {
+            Ok(outcome) => {
                 let upgrade = state.applied.as_ref() != Some(&cached.revision);
-                if !upgrade && !applied.written.is_empty() {
-                    drift = applied.written.len() as u32;
-                    tracing::warn!(workload = %assignment.workload, files = ?applied.written, "repaired drift");
+                let written: Vec<&str> = outcome
+                    .objects
+                    .iter()
+                    .filter(|o| o.written)
+                    .map(|o| o.name.as_str())
+                    .collect();
+                if !upgrade && !written.is_empty() {
+                    drift = written.len() as u32;
+                    tracing::warn!(workload = %assignment.workload, objects = ?written, "repaired drift");
                 }
-                if upgrade {
-                    tracing::info!(workload = %assignment.workload, revision = %cached.revision, written = applied.written.len(), removed = applied.removed.len(), "applied");
+                if upgrade && outcome.error.is_none() {
+                    tracing::info!(workload = %assignment.workload, revision = %cached.revision, written = written.len(), removed = outcome.removed.len(), "applied");
                 }
-                state.applied = Some(cached.revision.clone());
-                applied_revision = cached.revision.0.clone();
-                render_hash_hex = cached.hash.clone();
-                let repaired: BTreeSet<&String> = applied.written.iter().collect();
-                objects = cached
-                    .render
-                    .keys()
-                    .map(|path| ObjectStatus {
-                        name: path.clone(),
-                        sync: SyncState::Synced,
-                        health: HealthState::Healthy,
-                        message: if repaired.contains(path) && !upgrade {
+                health = fleet_core::manifest::worst(outcome.objects.iter().map(|o| o.health));
+                objects = outcome
+                    .objects
+                    .into_iter()
+                    .map(|o| ObjectStatus {
+                        message: if o.written && !upgrade && o.message.is_empty() {
                             "drift repaired".into()
                         } else {
-                            String::new()
+                            o.message
                         },
+                        name: o.name,
+                        sync: SyncState::Synced,
+                        health: o.health,
                     })
                     .collect();
+                match outcome.error {
+                    Some(e) => {
+                        tracing::error!(workload = %assignment.workload, error = %e, "some objects were not applied");
+                        error.get_or_insert(e);
+                    }
+                    None => {
+                        state.applied = Some(cached.revision.clone());
+                        applied_revision = cached.revision.0.clone();
+                        render_hash_hex = cached.hash.clone();
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!(workload = %assignment.workload, error = %e, "cannot apply");
                 error.get_or_insert(e.to_string());
-                if let Some(revision) = &state.applied {
-                    applied_revision = revision.0.clone();
-                }
             }
         }
     }
-    // Repaired objects first, so the cap keeps the interesting ones.
+    // Interesting objects (failed, drifted, unhealthy) first, so the cap keeps them.
     objects.sort_by_key(|o| o.message.is_empty());
     let omitted = objects.len().saturating_sub(MAX_REPORT_OBJECTS);
     objects.truncate(MAX_REPORT_OBJECTS);
     for o in &mut objects {
         o.message = truncate(&o.message, MAX_OBJECT_MESSAGE_LEN);
     }
-    let (sync, health) = match (&error, applied_revision.is_empty()) {
-        (Some(_), true) => (SyncState::Failed, HealthState::Unknown),
-        (Some(_), false) => (SyncState::Failed, HealthState::Healthy),
-        (None, true) => (SyncState::OutOfSync, HealthState::Unknown),
-        (None, false) => (SyncState::Synced, HealthState::Healthy),
+    let sync = match (&error, applied_revision.is_empty()) {
+        (Some(_), _) => SyncState::Failed,
+        (None, true) => SyncState::OutOfSync,
+        (None, false) => SyncState::Synced,
     };
+    if applied_revision.is_empty() && error.is_some() {
+        health = HealthState::Unknown;
+    }
     StatusReport {
         workload: assignment.workload.clone(),
         applied_revision,
