@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{StatusReport, TimeMs};
+use crate::rollout::{Pipeline, RolloutState, RolloutStep};
 
 /// A change to the fleet. Field values are raw user input; [`crate::State::apply`] validates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +57,66 @@ pub enum Command {
         cluster: String,
         report: StatusReport,
     },
+    /// Sets how a workload moves through the environments.
+    SetPipeline {
+        workload: String,
+        pipeline: Pipeline,
+    },
+    /// How many distinct operators, other than the one who promotes, must approve a promotion
+    /// into the environment before it starts.
+    SetRequiredApprovals {
+        environment: String,
+        approvals: u32,
+    },
+    /// Starts a rollout of `revision` (default: the previous environment's desired revision)
+    /// into `environment`, once the gate holds.
+    Promote {
+        workload: String,
+        environment: String,
+        revision: Option<String>,
+        allow_rejected: bool,
+        override_freeze: bool,
+    },
+    Approve {
+        workload: String,
+        environment: String,
+    },
+    PauseRollout {
+        workload: String,
+        environment: String,
+    },
+    ResumeRollout {
+        workload: String,
+        environment: String,
+    },
+    /// Stops the rollout where it is; clusters already updated keep the new revision.
+    AbortRollout {
+        workload: String,
+        environment: String,
+    },
+    /// Sets every cluster of the environment to `to` (default: the newest earlier revision
+    /// that is not rejected) and rejects the revision it replaces.
+    Rollback {
+        workload: String,
+        environment: String,
+        to: Option<String>,
+    },
+    AddFreeze {
+        environment: String,
+        from_ms: TimeMs,
+        to_ms: TimeMs,
+    },
+    RemoveFreeze {
+        id: u64,
+    },
+    /// A step the planner decided ([`crate::rollout::plan`]); refused unless it is still the
+    /// planner's step at the command's time.
+    AdvanceRollout {
+        workload: String,
+        environment: String,
+        rollout: u64,
+        step: RolloutStep,
+    },
 }
 
 impl Command {
@@ -70,6 +131,17 @@ impl Command {
             Command::PublishRelease { .. } => "publish_release",
             Command::RecordLeadershipHandover { .. } => "record_leadership_handover",
             Command::RecordStatus { .. } => "record_status",
+            Command::SetPipeline { .. } => "set_pipeline",
+            Command::SetRequiredApprovals { .. } => "set_required_approvals",
+            Command::Promote { .. } => "promote",
+            Command::Approve { .. } => "approve",
+            Command::PauseRollout { .. } => "pause_rollout",
+            Command::ResumeRollout { .. } => "resume_rollout",
+            Command::AbortRollout { .. } => "abort_rollout",
+            Command::Rollback { .. } => "rollback",
+            Command::AddFreeze { .. } => "add_freeze",
+            Command::RemoveFreeze { .. } => "remove_freeze",
+            Command::AdvanceRollout { .. } => "advance_rollout",
         }
     }
 
@@ -126,5 +198,35 @@ pub enum Outcome {
     StatusRecorded {
         cluster: String,
         workload: String,
+    },
+    PipelineSet {
+        workload: String,
+    },
+    RequiredApprovalsSet {
+        environment: String,
+        approvals: u32,
+    },
+    /// A rollout started, changed state, or took a step.
+    Rollout {
+        workload: String,
+        environment: String,
+        rollout: u64,
+        revision: String,
+        state: RolloutState,
+        /// Clusters whose assignment changed, in name order.
+        clusters: Vec<String>,
+    },
+    RolledBack {
+        workload: String,
+        environment: String,
+        revision: String,
+        rejected: String,
+        clusters: Vec<String>,
+    },
+    FreezeAdded {
+        id: u64,
+    },
+    FreezeRemoved {
+        id: u64,
     },
 }

@@ -154,4 +154,8 @@ pub struct StatusReport {
 pub struct ReportedStatus {
     pub report: StatusReport,
     pub reported_at_ms: TimeMs,
+    /// Since when the agent has reported `applied_revision` Synced and Healthy without a break;
+    /// none when it does not. The promotion gate and the waves measure the soak from it.
+    #[serde(default)]
+    pub healthy_since_ms: Option<TimeMs>,
 }

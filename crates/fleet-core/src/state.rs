@@ -1,6 +1,6 @@
 //! The replicated state and the pure function that changes it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +12,7 @@ use crate::model::{
     Assignment, Cluster, Environment, Release, ReportedStatus, Revision, Site, StatusReport,
     StatusRow, Workload,
 };
+use crate::rollout::{Freeze, Pipeline, Rollout};
 use crate::validate;
 
 /// Microseconds as milliseconds with one decimal, for audit summaries.
@@ -26,7 +27,7 @@ pub struct State {
     /// In pipeline order.
     environments: Vec<Environment>,
     clusters: BTreeMap<String, Cluster>,
-    workloads: BTreeMap<String, Workload>,
+    pub(crate) workloads: BTreeMap<String, Workload>,
     /// Newest last, at most [`MAX_RELEASES_KEPT_PER_WORKLOAD`] per workload.
     releases: BTreeMap<String, Vec<Release>>,
     /// By cluster, then workload.
@@ -37,6 +38,27 @@ pub struct State {
     /// The agents' last committed reports, by cluster, then workload.
     #[serde(default)]
     reports: BTreeMap<String, BTreeMap<String, ReportedStatus>>,
+    /// By workload; a workload without one follows [`Pipeline::default_for`].
+    #[serde(default)]
+    pub(crate) pipelines: BTreeMap<String, Pipeline>,
+    /// By environment; absent means none.
+    #[serde(default)]
+    pub(crate) required_approvals: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub(crate) freezes: BTreeMap<u64, Freeze>,
+    #[serde(default)]
+    pub(crate) last_freeze_id: u64,
+    /// By workload, then environment; oldest first, the newest may be active.
+    #[serde(default)]
+    pub(crate) rollouts: BTreeMap<String, BTreeMap<String, Vec<Rollout>>>,
+    #[serde(default)]
+    pub(crate) last_rollout_id: u64,
+    /// Revisions rolled back, by workload, then environment: never selected automatically.
+    #[serde(default)]
+    pub(crate) rejected: BTreeMap<String, BTreeMap<String, BTreeSet<Revision>>>,
+    /// Desired revisions in the order they took effect, by workload, then environment.
+    #[serde(default)]
+    pub(crate) history: BTreeMap<String, BTreeMap<String, Vec<Revision>>>,
 }
 
 impl Default for State {
@@ -61,6 +83,14 @@ impl Default for State {
             last_assignment_version: 0,
             audit: Vec::new(),
             reports: BTreeMap::new(),
+            pipelines: BTreeMap::new(),
+            required_approvals: BTreeMap::new(),
+            freezes: BTreeMap::new(),
+            last_freeze_id: 0,
+            rollouts: BTreeMap::new(),
+            last_rollout_id: 0,
+            rejected: BTreeMap::new(),
+            history: BTreeMap::new(),
         }
     }
 }
@@ -179,6 +209,7 @@ impl State {
                 self.require_cluster(cluster)?;
                 self.require_workload(&report.workload).map(|_| ())
             }
+            _ => self.check_promotion(command, ctx),
         }
     }
 
@@ -284,7 +315,8 @@ impl State {
             }
             Command::PublishRelease { workload, revision } => {
                 let revision = validate::revision(revision).expect("checked above");
-                let environment = self.environments[0].name.clone();
+                let environment = self.pipeline(workload).environments[0].clone();
+                self.record_desired(workload, &environment, &revision);
                 self.workloads
                     .get_mut(workload)
                     .expect("checked above")
@@ -355,11 +387,27 @@ impl State {
                 )
             }
             Command::RecordStatus { cluster, report } => {
+                let verified = report.sync == crate::model::SyncState::Synced
+                    && report.health == crate::model::HealthState::Healthy
+                    && !report.applied_revision.is_empty();
+                let previous = self.report(cluster, &report.workload);
+                let healthy_since_ms = match previous {
+                    Some(p)
+                        if verified
+                            && p.report.applied_revision == report.applied_revision
+                            && p.healthy_since_ms.is_some() =>
+                    {
+                        p.healthy_since_ms
+                    }
+                    _ if verified => Some(ctx.now_ms),
+                    _ => None,
+                };
                 self.reports.entry(cluster.clone()).or_default().insert(
                     report.workload.clone(),
                     ReportedStatus {
                         report: report.clone(),
                         reported_at_ms: ctx.now_ms,
+                        healthy_since_ms,
                     },
                 );
                 let outcome = Outcome::StatusRecorded {
@@ -368,6 +416,7 @@ impl State {
                 };
                 return Ok(outcome);
             }
+            _ => self.apply_promotion(command, ctx),
         };
         debug_assert!(command.is_audited());
         let prev_hash = self
@@ -383,7 +432,7 @@ impl State {
 
     /// Sets a cluster's assignment for a workload to `revision`. Returns false when it already
     /// had that revision (nothing changes, no version is used).
-    fn assign(
+    pub(crate) fn assign(
         &mut self,
         cluster: &str,
         workload: &str,
@@ -417,13 +466,48 @@ impl State {
         true
     }
 
-    fn require_site(&self, name: &str) -> Result<&Site, CoreError> {
+    /// Removes a cluster's assignment for a workload (its agent prunes it). Returns false when
+    /// it had none.
+    pub(crate) fn unassign(&mut self, cluster: &str, workload: &str) -> bool {
+        let removed = self
+            .assignments
+            .get_mut(cluster)
+            .and_then(|a| a.remove(workload))
+            .is_some();
+        if removed {
+            self.last_assignment_version += 1;
+        }
+        removed
+    }
+
+    /// Remembers that `revision` became the desired revision of `environment`.
+    pub(crate) fn record_desired(
+        &mut self,
+        workload: &str,
+        environment: &str,
+        revision: &Revision,
+    ) {
+        let h = self
+            .history
+            .entry(workload.to_string())
+            .or_default()
+            .entry(environment.to_string())
+            .or_default();
+        if h.last() != Some(revision) {
+            h.push(revision.clone());
+        }
+        if h.len() > crate::rollout::MAX_HISTORY_PER_ENVIRONMENT {
+            h.remove(0);
+        }
+    }
+
+    pub(crate) fn require_site(&self, name: &str) -> Result<&Site, CoreError> {
         self.sites.get(name).ok_or_else(|| {
             CoreError::not_found("site", name, "add it first with `fleet-ctl site add NAME`")
         })
     }
 
-    fn require_environment(&self, name: &str) -> Result<&Environment, CoreError> {
+    pub(crate) fn require_environment(&self, name: &str) -> Result<&Environment, CoreError> {
         self.environment(name).ok_or_else(|| {
             let known: Vec<&str> = self.environments.iter().map(|e| e.name.as_str()).collect();
             CoreError::not_found(
@@ -434,7 +518,7 @@ impl State {
         })
     }
 
-    fn require_cluster(&self, name: &str) -> Result<&Cluster, CoreError> {
+    pub(crate) fn require_cluster(&self, name: &str) -> Result<&Cluster, CoreError> {
         self.clusters.get(name).ok_or_else(|| {
             CoreError::not_found(
                 "cluster",
@@ -444,7 +528,7 @@ impl State {
         })
     }
 
-    fn require_workload(&self, name: &str) -> Result<&Workload, CoreError> {
+    pub(crate) fn require_workload(&self, name: &str) -> Result<&Workload, CoreError> {
         self.workloads.get(name).ok_or_else(|| {
             CoreError::not_found(
                 "workload",
@@ -559,6 +643,50 @@ impl State {
                     || now_ms.saturating_sub(committed.reported_at_ms) >= STATUS_REFRESH_MS
             }
         }
+    }
+
+    /// The workload's pipeline (the default one when none was set).
+    pub fn pipeline(&self, workload: &str) -> Pipeline {
+        self.pipelines.get(workload).cloned().unwrap_or_else(|| {
+            let all: Vec<String> = self.environments.iter().map(|e| e.name.clone()).collect();
+            Pipeline::default_for(&all)
+        })
+    }
+
+    pub fn freezes(&self) -> impl Iterator<Item = &Freeze> {
+        self.freezes.values()
+    }
+
+    pub fn required_approvals(&self, environment: &str) -> u32 {
+        self.required_approvals
+            .get(environment)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The newest rollout of every workload and environment.
+    pub fn rollouts(&self) -> impl Iterator<Item = &Rollout> {
+        self.rollouts
+            .values()
+            .flat_map(|by_env| by_env.values().filter_map(|r| r.last()))
+    }
+
+    /// The newest rollout of a workload into an environment.
+    pub fn rollout(&self, workload: &str, environment: &str) -> Option<&Rollout> {
+        self.rollouts.get(workload)?.get(environment)?.last()
+    }
+
+    /// Revisions rolled back in an environment.
+    pub fn rejected(&self, workload: &str, environment: &str) -> Option<&BTreeSet<Revision>> {
+        self.rejected.get(workload)?.get(environment)
+    }
+
+    /// Desired revisions of an environment in the order they took effect.
+    pub fn desired_history(&self, workload: &str, environment: &str) -> &[Revision] {
+        self.history
+            .get(workload)
+            .and_then(|h| h.get(environment))
+            .map_or(&[], |h| h.as_slice())
     }
 
     pub fn audit_events(&self) -> &[AuditEvent] {

@@ -1,0 +1,788 @@
+//! Checking and applying the promotion commands; the rules themselves are in [`crate::rollout`].
+
+use crate::command::{Command, Context, Outcome};
+use crate::error::CoreError;
+use crate::model::Revision;
+use crate::rollout::{
+    self, MAX_FINISHED_ROLLOUTS_KEPT, MAX_FREEZES, MAX_REQUIRED_APPROVALS, Rollout, RolloutState,
+    RolloutStep, frozen, gate_failures, short,
+};
+use crate::state::State;
+use crate::validate;
+
+fn precondition(message: impl Into<String>, hint: impl Into<String>) -> CoreError {
+    CoreError::FailedPrecondition {
+        message: message.into(),
+        hint: hint.into(),
+    }
+}
+
+fn time(ms: u64) -> String {
+    format!("{ms} ms")
+}
+
+impl State {
+    /// The environment before `environment` in the workload's pipeline; an error when it is
+    /// not in the pipeline or is its first environment.
+    fn previous_environment(&self, workload: &str, environment: &str) -> Result<String, CoreError> {
+        let pipeline = self.pipeline(workload);
+        match pipeline.environments.iter().position(|e| e == environment) {
+            None => Err(CoreError::invalid(
+                "environment",
+                format!(
+                    "{environment} is not in the pipeline of {workload} ({})",
+                    pipeline.environments.join(" → ")
+                ),
+                "promote into one of the pipeline's environments, or change it with \
+                 `fleet-ctl pipeline set`",
+            )),
+            Some(0) => Err(precondition(
+                format!("{environment} is the first environment of {workload}'s pipeline"),
+                "releases reach it by `fleet-ctl release publish`",
+            )),
+            Some(i) => Ok(pipeline.environments[i - 1].clone()),
+        }
+    }
+
+    fn active_rollout(&self, workload: &str, environment: &str) -> Option<&Rollout> {
+        self.rollout(workload, environment)
+            .filter(|r| r.state.is_active())
+    }
+
+    fn require_active_rollout(
+        &self,
+        workload: &str,
+        environment: &str,
+        states: &[RolloutState],
+    ) -> Result<&Rollout, CoreError> {
+        let Some(r) = self.active_rollout(workload, environment) else {
+            return Err(precondition(
+                format!("{workload} has no active rollout into {environment}"),
+                "start one with `fleet-ctl promote`",
+            ));
+        };
+        if !states.contains(&r.state) {
+            return Err(precondition(
+                format!(
+                    "rollout {} of {workload} into {environment} is {}",
+                    r.id,
+                    r.state.as_str()
+                ),
+                format!(
+                    "this needs it to be {}",
+                    states
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            ));
+        }
+        Ok(r)
+    }
+
+    fn rollout_mut(&mut self, workload: &str, environment: &str) -> &mut Rollout {
+        self.rollouts
+            .get_mut(workload)
+            .and_then(|e| e.get_mut(environment))
+            .and_then(|v| v.last_mut())
+            .expect("checked: the rollout exists")
+    }
+
+    fn is_rejected(&self, workload: &str, environment: &str, revision: &Revision) -> bool {
+        self.rejected(workload, environment)
+            .is_some_and(|r| r.contains(revision))
+    }
+
+    /// The revision a rollback replaces and the one it goes to.
+    fn rollback_plan(
+        &self,
+        workload: &str,
+        environment: &str,
+        to: Option<&str>,
+    ) -> Result<(Revision, Revision), CoreError> {
+        let w = self.require_workload(workload)?;
+        let bad = match self.active_rollout(workload, environment) {
+            Some(r) => r.revision.clone(),
+            None => w.desired.get(environment).cloned().ok_or_else(|| {
+                precondition(
+                    format!("{workload} has no revision in {environment} to roll back"),
+                    "nothing to do",
+                )
+            })?,
+        };
+        let target = match to {
+            Some(to) => {
+                let to = validate::revision_in("to", to)?;
+                if to == bad {
+                    return Err(CoreError::invalid(
+                        "to",
+                        format!("{} is the revision being rolled back", short(&to)),
+                        "name an earlier revision",
+                    ));
+                }
+                if self.is_rejected(workload, environment, &to) {
+                    return Err(precondition(
+                        format!("{} was rolled back in {environment} and is rejected", short(&to)),
+                        "to run it again, promote it with --allow-rejected",
+                    ));
+                }
+                to
+            }
+            None => self
+                .desired_history(workload, environment)
+                .iter()
+                .rev()
+                .find(|r| **r != bad && !self.is_rejected(workload, environment, r))
+                .cloned()
+                .ok_or_else(|| {
+                    precondition(
+                        format!(
+                            "{workload} has no earlier revision in {environment} that is not rejected"
+                        ),
+                        "name one with --to SHA",
+                    )
+                })?,
+        };
+        Ok((bad, target))
+    }
+
+    pub(crate) fn check_promotion(
+        &self,
+        command: &Command,
+        ctx: &Context,
+    ) -> Result<(), CoreError> {
+        match command {
+            Command::SetPipeline { workload, pipeline } => {
+                validate::dns_label("workload", workload)?;
+                self.require_workload(workload)?;
+                rollout::validate_pipeline(self, pipeline)
+            }
+            Command::SetRequiredApprovals {
+                environment,
+                approvals,
+            } => {
+                self.require_environment(environment)?;
+                if *approvals > MAX_REQUIRED_APPROVALS {
+                    return Err(CoreError::invalid(
+                        "approvals",
+                        format!("{approvals} is over the limit of {MAX_REQUIRED_APPROVALS}"),
+                        "require fewer approvals",
+                    ));
+                }
+                Ok(())
+            }
+            Command::Promote {
+                workload,
+                environment,
+                revision,
+                allow_rejected,
+                override_freeze,
+            } => {
+                validate::dns_label("workload", workload)?;
+                validate::dns_label("environment", environment)?;
+                let w = self.require_workload(workload)?;
+                self.require_environment(environment)?;
+                let previous = self.previous_environment(workload, environment)?;
+                if let Some(r) = self.active_rollout(workload, environment) {
+                    return Err(precondition(
+                        format!(
+                            "rollout {} of {} into {environment} is {}",
+                            r.id,
+                            short(&r.revision),
+                            r.state.as_str()
+                        ),
+                        "wait for it to finish, or stop it with `fleet-ctl rollout abort`",
+                    ));
+                }
+                let revision = match revision {
+                    Some(r) => validate::revision_in("revision", r)?,
+                    None => w.desired.get(&previous).cloned().ok_or_else(|| {
+                        precondition(
+                            format!("{workload} has no revision in {previous} to promote"),
+                            "publish a release first",
+                        )
+                    })?,
+                };
+                if !allow_rejected && self.is_rejected(workload, environment, &revision) {
+                    return Err(precondition(
+                        format!(
+                            "{} was rolled back in {environment} and is rejected",
+                            short(&revision)
+                        ),
+                        "promote it anyway with --allow-rejected (audited), or promote a fix",
+                    ));
+                }
+                if w.desired.get(environment) == Some(&revision) {
+                    return Err(precondition(
+                        format!("{environment} already runs {}", short(&revision)),
+                        "nothing to do",
+                    ));
+                }
+                if !override_freeze && let Some(f) = frozen(self.freezes(), environment, ctx.now_ms)
+                {
+                    return Err(precondition(
+                        format!(
+                            "{environment} is frozen until {} (freeze {}{})",
+                            time(f.to_ms),
+                            f.id,
+                            if f.reason.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {}", f.reason)
+                            }
+                        ),
+                        "wait for the window to end, or pass --override-freeze (audited)",
+                    ));
+                }
+                let soak = self.pipeline(workload).soak_ms;
+                let failures =
+                    gate_failures(self, workload, &previous, &revision, soak, ctx.now_ms);
+                if !failures.is_empty() {
+                    return Err(precondition(
+                        format!(
+                            "{} is not verified in {previous}: {}",
+                            short(&revision),
+                            failures.join("; ")
+                        ),
+                        format!(
+                            "every cluster of {previous} must run it Synced and Healthy for the \
+                             {} s soak; watch `fleet-ctl status`",
+                            soak / 1000
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            Command::Approve {
+                workload,
+                environment,
+            } => {
+                let r = self.require_active_rollout(
+                    workload,
+                    environment,
+                    &[RolloutState::AwaitingApproval],
+                )?;
+                if r.started_by == ctx.actor {
+                    return Err(precondition(
+                        format!("{} started this promotion", ctx.actor),
+                        "approval must come from another operator",
+                    ));
+                }
+                if r.approvals.contains(&ctx.actor) {
+                    return Err(precondition(
+                        format!("{} has approved rollout {} already", ctx.actor, r.id),
+                        "approvals must come from distinct operators",
+                    ));
+                }
+                Ok(())
+            }
+            Command::PauseRollout {
+                workload,
+                environment,
+            } => self
+                .require_active_rollout(workload, environment, &[RolloutState::Running])
+                .map(|_| ()),
+            Command::ResumeRollout {
+                workload,
+                environment,
+            } => self
+                .require_active_rollout(workload, environment, &[RolloutState::Paused])
+                .map(|_| ()),
+            Command::AbortRollout {
+                workload,
+                environment,
+            } => self
+                .require_active_rollout(
+                    workload,
+                    environment,
+                    &[
+                        RolloutState::AwaitingApproval,
+                        RolloutState::Running,
+                        RolloutState::Paused,
+                    ],
+                )
+                .map(|_| ()),
+            Command::Rollback {
+                workload,
+                environment,
+                to,
+            } => {
+                validate::dns_label("workload", workload)?;
+                self.require_environment(environment)?;
+                self.rollback_plan(workload, environment, to.as_deref())
+                    .map(|_| ())
+            }
+            Command::AddFreeze {
+                environment,
+                from_ms,
+                to_ms,
+            } => {
+                self.require_environment(environment)?;
+                if from_ms >= to_ms {
+                    return Err(CoreError::invalid(
+                        "to",
+                        "is not after --from",
+                        "give a window that ends after it starts",
+                    ));
+                }
+                if self.freezes.len() >= MAX_FREEZES {
+                    return Err(precondition(
+                        format!("the fleet has {MAX_FREEZES} freeze windows, the limit"),
+                        "remove windows that have ended with `fleet-ctl freeze remove ID`",
+                    ));
+                }
+                Ok(())
+            }
+            Command::RemoveFreeze { id } => {
+                if !self.freezes.contains_key(id) {
+                    return Err(CoreError::not_found(
+                        "freeze",
+                        &id.to_string(),
+                        "list them with `fleet-ctl freeze list`",
+                    ));
+                }
+                Ok(())
+            }
+            Command::AdvanceRollout {
+                workload,
+                environment,
+                rollout,
+                step,
+            } => {
+                let r =
+                    self.require_active_rollout(workload, environment, &[RolloutState::Running])?;
+                if r.id != *rollout
+                    || rollout::next_step(self, r, ctx.now_ms).as_ref() != Some(step)
+                {
+                    return Err(precondition(
+                        format!(
+                            "step {step:?} of rollout {rollout} is no longer the planner's step"
+                        ),
+                        "the planner decides again on its next tick",
+                    ));
+                }
+                Ok(())
+            }
+            _ => unreachable!("State::check handles {}", command.kind()),
+        }
+    }
+
+    /// Applies a checked promotion command; returns its outcome and audit summary.
+    pub(crate) fn apply_promotion(
+        &mut self,
+        command: &Command,
+        ctx: &Context,
+    ) -> (Outcome, String) {
+        match command {
+            Command::SetPipeline { workload, pipeline } => {
+                self.pipelines.insert(workload.clone(), pipeline.clone());
+                (
+                    Outcome::PipelineSet {
+                        workload: workload.clone(),
+                    },
+                    format!(
+                        "pipeline of {workload}: {}, soak {} s, waves by {}{}, max unavailable {}, \
+                         failure budget {}, auto rollback {}",
+                        pipeline.environments.join(" → "),
+                        pipeline.soak_ms / 1000,
+                        pipeline.wave_label.as_deref().map_or("site", |l| l),
+                        if pipeline.wave_order.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", pipeline.wave_order.join(", "))
+                        },
+                        pipeline.max_unavailable,
+                        pipeline.failure_budget,
+                        pipeline.auto_rollback
+                    ),
+                )
+            }
+            Command::SetRequiredApprovals {
+                environment,
+                approvals,
+            } => {
+                let before = self.required_approvals(environment);
+                self.required_approvals
+                    .insert(environment.clone(), *approvals);
+                (
+                    Outcome::RequiredApprovalsSet {
+                        environment: environment.clone(),
+                        approvals: *approvals,
+                    },
+                    format!("approvals required for {environment}: {before} → {approvals}"),
+                )
+            }
+            Command::Promote {
+                workload,
+                environment,
+                revision,
+                allow_rejected,
+                override_freeze,
+            } => {
+                let previous = self
+                    .previous_environment(workload, environment)
+                    .expect("checked");
+                let w = &self.workloads[workload];
+                let revision = match revision {
+                    Some(r) => validate::revision(r).expect("checked"),
+                    None => w.desired[&previous].clone(),
+                };
+                let pipeline = self.pipeline(workload);
+                let clusters: Vec<_> = self
+                    .clusters()
+                    .filter(|c| &c.environment == environment)
+                    .collect();
+                let waves = rollout::waves(&pipeline, clusters.iter().copied());
+                let from = clusters
+                    .iter()
+                    .map(|c| {
+                        let current = self
+                            .assignments(&c.name)
+                            .ok()
+                            .and_then(|a| a.into_iter().find(|a| &a.workload == workload))
+                            .map(|a| a.revision.clone());
+                        (c.name.clone(), current)
+                    })
+                    .collect();
+                let required = self.required_approvals(environment);
+                self.last_rollout_id += 1;
+                let r = Rollout {
+                    id: self.last_rollout_id,
+                    workload: workload.clone(),
+                    environment: environment.clone(),
+                    revision: revision.clone(),
+                    from,
+                    waves,
+                    wave: 0,
+                    updated: Default::default(),
+                    state: if required > 0 {
+                        RolloutState::AwaitingApproval
+                    } else {
+                        RolloutState::Running
+                    },
+                    required_approvals: required,
+                    approvals: Default::default(),
+                    started_by: ctx.actor.clone(),
+                    started_at_ms: ctx.now_ms,
+                    finished_at_ms: None,
+                    override_freeze: *override_freeze,
+                    allow_rejected: *allow_rejected,
+                    message: String::new(),
+                };
+                let waves: Vec<String> = r
+                    .waves
+                    .iter()
+                    .map(|w| format!("{} ({})", w.name, w.clusters.join(", ")))
+                    .collect();
+                let mut summary = format!(
+                    "rollout {} of {workload} {} → {environment} started from {}: waves {}",
+                    r.id,
+                    short(&revision),
+                    self.workloads[workload]
+                        .desired
+                        .get(environment)
+                        .map_or_else(|| "nothing".into(), short),
+                    if waves.is_empty() {
+                        "none".into()
+                    } else {
+                        waves.join(", ")
+                    }
+                );
+                if required > 0 {
+                    summary.push_str(&format!("; awaiting {required} approvals"));
+                }
+                if *allow_rejected && self.is_rejected(workload, environment, &revision) {
+                    summary.push_str("; promotes a rejected revision (--allow-rejected)");
+                }
+                if *override_freeze && frozen(self.freezes(), environment, ctx.now_ms).is_some() {
+                    summary.push_str("; overrides a freeze window (--override-freeze)");
+                }
+                let outcome = rollout_outcome(&r, Vec::new());
+                self.push_rollout(r);
+                (outcome, summary)
+            }
+            Command::Approve {
+                workload,
+                environment,
+            } => {
+                let r = self.rollout_mut(workload, environment);
+                r.approvals.insert(ctx.actor.clone());
+                if r.approvals.len() as u32 >= r.required_approvals {
+                    r.state = RolloutState::Running;
+                }
+                let summary = format!(
+                    "{} approved rollout {} of {workload} into {environment} ({} of {}){}",
+                    ctx.actor,
+                    r.id,
+                    r.approvals.len(),
+                    r.required_approvals,
+                    if r.state == RolloutState::Running {
+                        "; it starts"
+                    } else {
+                        ""
+                    }
+                );
+                (rollout_outcome(r, Vec::new()), summary)
+            }
+            Command::PauseRollout {
+                workload,
+                environment,
+            }
+            | Command::ResumeRollout {
+                workload,
+                environment,
+            }
+            | Command::AbortRollout {
+                workload,
+                environment,
+            } => {
+                let r = self.rollout_mut(workload, environment);
+                let before = r.state;
+                r.state = match command {
+                    Command::PauseRollout { .. } => RolloutState::Paused,
+                    Command::ResumeRollout { .. } => RolloutState::Running,
+                    _ => {
+                        r.finished_at_ms = Some(ctx.now_ms);
+                        RolloutState::Aborted
+                    }
+                };
+                let summary = format!(
+                    "rollout {} of {workload} into {environment}: {} → {} ({} of its clusters updated)",
+                    r.id,
+                    before.as_str(),
+                    r.state.as_str(),
+                    r.updated.len()
+                );
+                (rollout_outcome(r, Vec::new()), summary)
+            }
+            Command::Rollback {
+                workload,
+                environment,
+                to,
+            } => {
+                let (bad, target) = self
+                    .rollback_plan(workload, environment, to.as_deref())
+                    .expect("checked");
+                if self.active_rollout(workload, environment).is_some() {
+                    let r = self.rollout_mut(workload, environment);
+                    r.state = RolloutState::RolledBack;
+                    r.finished_at_ms = Some(ctx.now_ms);
+                    r.message = format!("rolled back by {}", ctx.actor);
+                }
+                self.reject(workload, environment, &bad);
+                let clusters: Vec<String> = self
+                    .clusters()
+                    .filter(|c| &c.environment == environment)
+                    .map(|c| c.name.clone())
+                    .collect();
+                let changed: Vec<String> = clusters
+                    .into_iter()
+                    .filter(|c| self.assign(c, workload, &target, ctx))
+                    .collect();
+                self.set_desired(workload, environment, &target);
+                let summary = format!(
+                    "{workload} in {environment} rolled back {} → {} on {} clusters; {} is rejected",
+                    short(&bad),
+                    short(&target),
+                    changed.len(),
+                    short(&bad)
+                );
+                (
+                    Outcome::RolledBack {
+                        workload: workload.clone(),
+                        environment: environment.clone(),
+                        revision: target.0.clone(),
+                        rejected: bad.0.clone(),
+                        clusters: changed,
+                    },
+                    summary,
+                )
+            }
+            Command::AddFreeze {
+                environment,
+                from_ms,
+                to_ms,
+            } => {
+                self.last_freeze_id += 1;
+                let id = self.last_freeze_id;
+                self.freezes.insert(
+                    id,
+                    rollout::Freeze {
+                        id,
+                        environment: environment.clone(),
+                        from_ms: *from_ms,
+                        to_ms: *to_ms,
+                        reason: ctx.reason.clone(),
+                        created_by: ctx.actor.clone(),
+                    },
+                );
+                (
+                    Outcome::FreezeAdded { id },
+                    format!(
+                        "freeze {id} of {environment} from {from_ms} to {to_ms} (ms since epoch)"
+                    ),
+                )
+            }
+            Command::RemoveFreeze { id } => {
+                let f = self.freezes.remove(id).expect("checked");
+                (
+                    Outcome::FreezeRemoved { id: *id },
+                    format!(
+                        "freeze {id} of {} from {} to {} removed",
+                        f.environment, f.from_ms, f.to_ms
+                    ),
+                )
+            }
+            Command::AdvanceRollout {
+                workload,
+                environment,
+                step,
+                ..
+            } => self.advance(workload, environment, step, ctx),
+            _ => unreachable!("State::apply handles {}", command.kind()),
+        }
+    }
+
+    fn advance(
+        &mut self,
+        workload: &str,
+        environment: &str,
+        step: &RolloutStep,
+        ctx: &Context,
+    ) -> (Outcome, String) {
+        let r = self.rollout_mut(workload, environment).clone();
+        let head = format!("rollout {} of {workload} into {environment}", r.id);
+        let wave_name = |i: u32| r.waves.get(i as usize).map_or("-", |w| w.name.as_str());
+        let (changed, summary, state) = match step {
+            RolloutStep::Update { clusters } => {
+                let mut moves = Vec::new();
+                let mut changed = Vec::new();
+                for c in clusters {
+                    let from = r.from.get(c).cloned().flatten();
+                    if self.assign(c, workload, &r.revision, ctx) {
+                        changed.push(c.clone());
+                    }
+                    moves.push(format!(
+                        "{c} {} → {}",
+                        from.as_ref().map_or_else(|| "nothing".into(), short),
+                        short(&r.revision)
+                    ));
+                }
+                self.rollout_mut(workload, environment)
+                    .updated
+                    .extend(clusters.iter().cloned());
+                (
+                    changed,
+                    format!("{head}, wave {}: {}", wave_name(r.wave), moves.join(", ")),
+                    RolloutState::Running,
+                )
+            }
+            RolloutStep::StartWave { wave } => {
+                self.rollout_mut(workload, environment).wave = *wave;
+                (
+                    Vec::new(),
+                    format!(
+                        "{head}: wave {} Healthy for the soak; wave {} starts",
+                        wave_name(r.wave),
+                        wave_name(*wave)
+                    ),
+                    RolloutState::Running,
+                )
+            }
+            RolloutStep::Succeed => {
+                self.set_desired(workload, environment, &r.revision);
+                (
+                    Vec::new(),
+                    format!(
+                        "{head}: succeeded; {environment} runs {}",
+                        short(&r.revision)
+                    ),
+                    RolloutState::Succeeded,
+                )
+            }
+            RolloutStep::Halt {
+                reason, rollback, ..
+            } => {
+                let mut changed = Vec::new();
+                if *rollback {
+                    for c in &r.updated {
+                        if self.cluster(c).is_err() {
+                            continue;
+                        }
+                        let moved = match r.from.get(c).cloned().flatten() {
+                            Some(previous) => self.assign(c, workload, &previous, ctx),
+                            None => self.unassign(c, workload),
+                        };
+                        if moved {
+                            changed.push(c.clone());
+                        }
+                    }
+                    self.reject(workload, environment, &r.revision);
+                }
+                self.rollout_mut(workload, environment).message = reason.clone();
+                let (state, what) = if *rollback {
+                    (
+                        RolloutState::RolledBack,
+                        format!(
+                            "rolled back {} clusters; {} is rejected",
+                            changed.len(),
+                            short(&r.revision)
+                        ),
+                    )
+                } else {
+                    (RolloutState::Halted, "halted".to_string())
+                };
+                (changed, format!("{head}: {reason}; {what}"), state)
+            }
+        };
+        let r = self.rollout_mut(workload, environment);
+        r.state = state;
+        if !state.is_active() {
+            r.finished_at_ms = Some(ctx.now_ms);
+        }
+        (rollout_outcome(r, changed), summary)
+    }
+
+    fn reject(&mut self, workload: &str, environment: &str, revision: &Revision) {
+        self.rejected
+            .entry(workload.to_string())
+            .or_default()
+            .entry(environment.to_string())
+            .or_default()
+            .insert(revision.clone());
+    }
+
+    fn set_desired(&mut self, workload: &str, environment: &str, revision: &Revision) {
+        self.workloads
+            .get_mut(workload)
+            .expect("checked")
+            .desired
+            .insert(environment.to_string(), revision.clone());
+        self.record_desired(workload, environment, revision);
+    }
+
+    fn push_rollout(&mut self, r: Rollout) {
+        let list = self
+            .rollouts
+            .entry(r.workload.clone())
+            .or_default()
+            .entry(r.environment.clone())
+            .or_default();
+        list.push(r);
+        if list.len() > MAX_FINISHED_ROLLOUTS_KEPT + 1 {
+            list.remove(0);
+        }
+    }
+}
+
+fn rollout_outcome(r: &Rollout, clusters: Vec<String>) -> Outcome {
+    Outcome::Rollout {
+        workload: r.workload.clone(),
+        environment: r.environment.clone(),
+        rollout: r.id,
+        revision: r.revision.0.clone(),
+        state: r.state,
+        clusters,
+    }
+}
