@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "../../proto/fleet/v1/fleet.proto",
         "../../proto/fleet/v1/agent.proto",
+        "../../proto/fleet/v1/promotion.proto",
         "../../proto/fleet/v1/raft.proto",
     ];
     tonic_prost_build::configure().compile_protos(&files, &[root])?;

@@ -12,7 +12,7 @@ pub mod error;
 pub mod limits;
 pub mod manifest;
 pub mod model;
-mod promotion;
+pub mod promotion;
 pub mod render;
 pub mod rollout;
 pub mod state;

@@ -1,5 +1,7 @@
 //! Checking and applying the promotion commands; the rules themselves are in [`crate::rollout`].
 
+use std::collections::BTreeMap;
+
 use crate::command::{Command, Context, Outcome};
 use crate::error::CoreError;
 use crate::model::Revision;
@@ -21,7 +23,86 @@ fn time(ms: u64) -> String {
     format!("{ms} ms")
 }
 
+/// What a promotion would do, computed without committing anything.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromotionPlan {
+    pub revision: Revision,
+    pub waves: Vec<rollout::Wave>,
+    /// Each cluster's revision now.
+    pub from: BTreeMap<String, Option<Revision>>,
+    /// Why `Promote` would be refused now.
+    pub blocked: Option<CoreError>,
+}
+
 impl State {
+    /// What promoting `revision` (default: the previous environment's) of `workload` into
+    /// `environment` would do at `now_ms`. An error when there is nothing to plan.
+    pub fn plan_promotion(
+        &self,
+        workload: &str,
+        environment: &str,
+        revision: Option<&str>,
+        now_ms: u64,
+    ) -> Result<PromotionPlan, CoreError> {
+        let w = self.require_workload(workload)?;
+        self.require_environment(environment)?;
+        let previous = self.previous_environment(workload, environment)?;
+        let revision = match revision {
+            Some(r) => validate::revision_in("revision", r)?,
+            None => w.desired.get(&previous).cloned().ok_or_else(|| {
+                precondition(
+                    format!("{workload} has no revision in {previous} to promote"),
+                    "publish a release first",
+                )
+            })?,
+        };
+        let (waves, from) = self.layout(workload, environment);
+        let promote = Command::Promote {
+            workload: workload.to_string(),
+            environment: environment.to_string(),
+            revision: Some(revision.0.clone()),
+            allow_rejected: false,
+            override_freeze: false,
+        };
+        let ctx = Context {
+            now_ms,
+            actor: "plan".into(),
+            reason: String::new(),
+        };
+        Ok(PromotionPlan {
+            revision,
+            waves,
+            from,
+            blocked: self.check(&promote, &ctx).err(),
+        })
+    }
+
+    /// The waves of an environment's clusters and each cluster's current revision.
+    fn layout(
+        &self,
+        workload: &str,
+        environment: &str,
+    ) -> (Vec<rollout::Wave>, BTreeMap<String, Option<Revision>>) {
+        let pipeline = self.pipeline(workload);
+        let clusters: Vec<_> = self
+            .clusters()
+            .filter(|c| c.environment == environment)
+            .collect();
+        let waves = rollout::waves(&pipeline, clusters.iter().copied());
+        let from = clusters
+            .iter()
+            .map(|c| {
+                let current = self
+                    .assignments(&c.name)
+                    .ok()
+                    .and_then(|a| a.into_iter().find(|a| a.workload == workload))
+                    .map(|a| a.revision.clone());
+                (c.name.clone(), current)
+            })
+            .collect();
+        (waves, from)
+    }
+
     /// The environment before `environment` in the workload's pipeline; an error when it is
     /// not in the pipeline or is its first environment.
     fn previous_environment(&self, workload: &str, environment: &str) -> Result<String, CoreError> {
@@ -428,23 +509,7 @@ impl State {
                     Some(r) => validate::revision(r).expect("checked"),
                     None => w.desired[&previous].clone(),
                 };
-                let pipeline = self.pipeline(workload);
-                let clusters: Vec<_> = self
-                    .clusters()
-                    .filter(|c| &c.environment == environment)
-                    .collect();
-                let waves = rollout::waves(&pipeline, clusters.iter().copied());
-                let from = clusters
-                    .iter()
-                    .map(|c| {
-                        let current = self
-                            .assignments(&c.name)
-                            .ok()
-                            .and_then(|a| a.into_iter().find(|a| &a.workload == workload))
-                            .map(|a| a.revision.clone());
-                        (c.name.clone(), current)
-                    })
-                    .collect();
+                let (waves, from) = self.layout(workload, environment);
                 let required = self.required_approvals(environment);
                 self.last_rollout_id += 1;
                 let r = Rollout {

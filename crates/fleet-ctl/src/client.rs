@@ -9,6 +9,7 @@ use fleet_node::convert::{ACTOR_METADATA, HINT_METADATA};
 use fleet_node::proto::GetCoordinatorStatusRequest;
 use fleet_node::proto::GetCoordinatorStatusResponse;
 use fleet_node::proto::fleet_service_client::FleetServiceClient;
+use fleet_node::proto::promotion_service_client::PromotionServiceClient;
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
@@ -117,6 +118,37 @@ impl Client {
         F: Fn(FleetServiceClient<Channel>, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.call(
+            |channel| {
+                FleetServiceClient::new(channel)
+                    .max_decoding_message_size(fleet_node::service::MAX_RESPONSE_BYTES)
+            },
+            call,
+        )
+        .await
+    }
+
+    /// The same for the PromotionService.
+    pub async fn promotion<T, F, Fut>(&self, call: F) -> Result<T, CtlError>
+    where
+        F: Fn(PromotionServiceClient<Channel>, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call(
+            |channel| {
+                PromotionServiceClient::new(channel)
+                    .max_decoding_message_size(fleet_node::service::MAX_RESPONSE_BYTES)
+            },
+            call,
+        )
+        .await
+    }
+
+    async fn call<C, T, F, Fut>(&self, make: impl Fn(Channel) -> C, call: F) -> Result<T, CtlError>
+    where
+        F: Fn(C, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let n = self.endpoints.len();
         let first = self.preferred.load(Ordering::Relaxed);
         let mut last_unavailable = None;
@@ -131,9 +163,7 @@ impl Client {
                     continue;
                 }
             };
-            let client = FleetServiceClient::new(channel)
-                .max_decoding_message_size(fleet_node::service::MAX_RESPONSE_BYTES);
-            match call(client, self.req.clone()).await {
+            match call(make(channel), self.req.clone()).await {
                 Ok(response) => {
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(response.into_inner());

@@ -6,6 +6,7 @@
 
 mod client;
 mod output;
+mod promotion;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -80,14 +81,45 @@ enum Cmd {
     /// Releases: a workload at a revision, published into the first environment.
     #[command(subcommand)]
     Release(ReleaseCmd),
+    /// How a workload moves through the environments.
+    #[command(subcommand)]
+    Pipeline(promotion::PipelineCmd),
+    /// Start a rollout of a verified revision into the next environment, in waves.
+    Promote(promotion::PromoteArgs),
+    /// What `promote` would do: the waves, each cluster's from → to, and what blocks it now.
+    Plan(promotion::PlanArgs),
+    /// Follow or steer a rollout.
+    #[command(subcommand)]
+    Rollout(promotion::RolloutCmd),
+    /// Set every cluster of ENV to an earlier revision; the replaced one is rejected and never
+    /// selected automatically again.
+    Rollback(promotion::RollbackArgs),
+    /// Approve the promotion waiting in ENV (as --as NAME).
+    Approve(promotion::Target),
+    /// Freeze windows: no promotion into the environment starts or advances during one.
+    #[command(subcommand)]
+    Freeze(promotion::FreezeCmd),
     /// Per cluster: site, environment and desired revision.
     Status,
-    /// The audit log, oldest first: who changed what, when and why.
+    /// The audit log, oldest first: who changed what, when and why. `audit verify` recomputes
+    /// the hash chain.
+    #[command(args_conflicts_with_subcommands = true)]
     Audit {
+        #[command(subcommand)]
+        verify: Option<AuditCmd>,
         /// Only events of this command kind, e.g. publish_release or
         /// record_leadership_handover.
         #[arg(long, default_value = "")]
         kind: String,
+        /// Only events whose command names this workload.
+        #[arg(long)]
+        workload: Option<String>,
+        /// Only events whose command or summary names this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Only events at or after this RFC 3339 time.
+        #[arg(long, value_parser = parse_rfc3339_ms)]
+        since: Option<u64>,
         /// Only events after this sequence number.
         #[arg(long, default_value_t = 0)]
         after: u64,
@@ -138,6 +170,12 @@ enum EnvironmentCmd {
         name: String,
     },
     List,
+    /// Require N approvals from distinct operators (other than the promoter) before a
+    /// promotion into ENV starts; 0 for none.
+    Approvals {
+        name: String,
+        approvals: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,6 +209,20 @@ enum WorkloadCmd {
         path: String,
     },
     List,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Fetch every event and recompute the hash chain here; exit 0 only when it verifies.
+    Verify,
+}
+
+fn parse_rfc3339_ms(s: &str) -> Result<u64, String> {
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e}); e.g. 2026-11-22T12:00:00Z"))?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|_| format!("{s:?} is before 1970"))
 }
 
 #[derive(Subcommand)]
@@ -589,8 +641,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             emit(json, t, json!({ "releases": items }))
         }
-        Cmd::Audit { kind, after, limit } => audit(&client, c, kind, after, limit, json).await,
+        Cmd::Audit {
+            verify: Some(AuditCmd::Verify),
+            ..
+        } => audit_verify(&client, c, json).await,
+        Cmd::Audit {
+            verify: None,
+            kind,
+            workload,
+            cluster,
+            since,
+            after,
+            limit,
+        } => {
+            let filter = AuditFilter {
+                kind,
+                workload,
+                cluster,
+                since,
+            };
+            audit(&client, c, filter, after, limit, json).await
+        }
         Cmd::DiskBench { .. } => unreachable!("handled before connecting"),
+        Cmd::Pipeline(cmd) => promotion::pipeline(&client, cmd, reason, c, json).await,
+        Cmd::Promote(a) => promotion::promote(&client, a, reason, json).await,
+        Cmd::Plan(a) => promotion::plan(&client, a, json).await,
+        Cmd::Rollout(cmd) => promotion::rollout(&client, cmd, reason, c, json).await,
+        Cmd::Rollback(a) => promotion::rollback(&client, a, reason, json).await,
+        Cmd::Approve(t) => {
+            promotion::change(&client, t, RolloutAction::Approve, reason, json).await
+        }
+        Cmd::Freeze(cmd) => promotion::freeze(&client, cmd, reason, c, json).await,
+        Cmd::Environment(EnvironmentCmd::Approvals { name, approvals }) => {
+            promotion::set_approvals(&client, name, approvals, reason, json).await
+        }
         Cmd::Status => {
             let r = client
                 .fleet(|mut f, req: Req| {
@@ -709,14 +793,57 @@ async fn coordinator_status(client: &Client, json: bool) -> anyhow::Result<()> {
 }
 
 /// `audit`: events in sequence order, fetched page by page.
-async fn audit(
+struct AuditFilter {
+    kind: String,
+    workload: Option<String>,
+    cluster: Option<String>,
+    since: Option<u64>,
+}
+
+/// Whether any string value anywhere in `v` under one of `keys` equals `wanted`, or any array
+/// under one of them holds it.
+fn names(v: &serde_json::Value, keys: &[&str], wanted: &str) -> bool {
+    match v {
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| {
+            (keys.contains(&k.as_str())
+                && (v.as_str() == Some(wanted)
+                    || v.as_array()
+                        .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(wanted)))))
+                || names(v, keys, wanted)
+        }),
+        serde_json::Value::Array(items) => items.iter().any(|v| names(v, keys, wanted)),
+        _ => false,
+    }
+}
+
+impl AuditFilter {
+    fn keeps(&self, e: &AuditEvent) -> bool {
+        let command: serde_json::Value =
+            serde_json::from_str(&e.command_json).unwrap_or(serde_json::Value::Null);
+        let workload_ok = self.workload.as_deref().is_none_or(|w| {
+            names(&command, &["workload"], w)
+                || (e.kind == "create_workload" && names(&command, &["name"], w))
+        });
+        let cluster_ok = self.cluster.as_deref().is_none_or(|c| {
+            names(&command, &["cluster", "clusters"], c)
+                || (matches!(e.kind.as_str(), "register_cluster" | "remove_cluster")
+                    && names(&command, &["name"], c))
+                || e.summary
+                    .split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '-'))
+                    .any(|w| w == c)
+        });
+        workload_ok && cluster_ok && self.since.is_none_or(|t| e.time_ms >= t)
+    }
+}
+
+/// Every event after `after`, page by page, of one kind or all.
+async fn fetch_audit(
     client: &Client,
     consistency: i32,
-    kind: String,
+    kind: &str,
     after: u64,
     limit: usize,
-    json: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<AuditEvent>> {
     let mut events = Vec::new();
     let mut after_sequence = after;
     while events.len() < limit {
@@ -725,7 +852,7 @@ async fn audit(
                 let request = req.wrap(ListAuditEventsRequest {
                     after_sequence,
                     max_events: 0,
-                    kind: kind.clone(),
+                    kind: kind.to_string(),
                     consistency,
                 });
                 async move { f.list_audit_events(request).await }
@@ -737,6 +864,72 @@ async fn audit(
         after_sequence = last.sequence;
         events.extend(page.events);
     }
+    Ok(events)
+}
+
+/// `audit verify`: the chain recomputed on this machine from what the coordinator serves.
+async fn audit_verify(client: &Client, consistency: i32, json: bool) -> anyhow::Result<()> {
+    let events = fetch_audit(client, consistency, "", 0, usize::MAX).await?;
+    let mut chain = Vec::with_capacity(events.len());
+    for e in &events {
+        let command = serde_json::from_str(&e.command_json)
+            .with_context(|| format!("audit event {}: unreadable command", e.sequence))?;
+        chain.push(fleet_core::AuditEvent {
+            sequence: e.sequence,
+            time_ms: e.time_ms,
+            actor: e.actor.clone(),
+            reason: e.reason.clone(),
+            command,
+            summary: e.summary.clone(),
+            prev_hash: e.prev_hash.clone(),
+            hash: e.hash.clone(),
+        });
+    }
+    let head = chain.last().map_or("-".to_string(), |e| e.hash.clone());
+    match fleet_core::audit::verify_chain(&chain) {
+        Ok(()) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"verified": true, "events": chain.len(), "head_hash": head})
+                    )?
+                );
+            } else {
+                println!("audit chain verifies: {} events, head {head}", chain.len());
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"verified": false, "events": chain.len(), "error": e.to_string()})
+                    )?
+                );
+            }
+            Err(anyhow!("the audit chain does not verify: {e}"))
+        }
+    }
+}
+
+async fn audit(
+    client: &Client,
+    consistency: i32,
+    filter: AuditFilter,
+    after: u64,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let filtering = filter.workload.is_some() || filter.cluster.is_some() || filter.since.is_some();
+    let fetch_limit = if filtering { usize::MAX } else { limit };
+    let mut events: Vec<AuditEvent> =
+        fetch_audit(client, consistency, &filter.kind, after, fetch_limit)
+            .await?
+            .into_iter()
+            .filter(|e| filter.keeps(e))
+            .collect();
     events.truncate(limit);
     let mut t = Table::new(&["SEQ", "TIME", "ACTOR", "KIND", "SUMMARY"]);
     for e in &events {
@@ -949,7 +1142,11 @@ fn resolve_revision(repo: &std::path::Path, spec: &str) -> anyhow::Result<String
     Ok(commit.id.to_string())
 }
 
-fn written(json: bool, message: &str, result: Option<WriteResult>) -> anyhow::Result<()> {
+pub(crate) fn written(
+    json: bool,
+    message: &str,
+    result: Option<WriteResult>,
+) -> anyhow::Result<()> {
     let index = result.map_or(0, |r| r.log_index);
     if json {
         println!(
@@ -962,7 +1159,7 @@ fn written(json: bool, message: &str, result: Option<WriteResult>) -> anyhow::Re
     Ok(())
 }
 
-fn emit(json: bool, table: Table, value: serde_json::Value) -> anyhow::Result<()> {
+pub(crate) fn emit(json: bool, table: Table, value: serde_json::Value) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {

@@ -325,3 +325,131 @@ pub fn assignment_from_wire(a: proto::Assignment) -> Result<Assignment, CoreErro
         assigned_at_ms: a.assigned_at_ms,
     })
 }
+
+// Promotion.
+
+pub fn pipeline(p: &fleet_core::rollout::Pipeline) -> proto::Pipeline {
+    proto::Pipeline {
+        environments: p.environments.clone(),
+        soak_ms: p.soak_ms,
+        wave_order: p.wave_order.clone(),
+        wave_label: p.wave_label.clone().unwrap_or_default(),
+        max_unavailable: p.max_unavailable,
+        failure_budget: p.failure_budget,
+        auto_rollback: p.auto_rollback,
+        unreachable_timeout_ms: p.unreachable_timeout_ms,
+    }
+}
+
+/// A pipeline from the wire; fleet-core validates it.
+pub fn pipeline_from_wire(p: proto::Pipeline) -> fleet_core::rollout::Pipeline {
+    fleet_core::rollout::Pipeline {
+        environments: p.environments,
+        soak_ms: p.soak_ms,
+        wave_order: p.wave_order,
+        wave_label: Some(p.wave_label).filter(|l| !l.is_empty()),
+        max_unavailable: p.max_unavailable,
+        failure_budget: p.failure_budget,
+        auto_rollback: p.auto_rollback,
+        unreachable_timeout_ms: p.unreachable_timeout_ms,
+    }
+}
+
+fn revision_text(r: Option<&fleet_core::Revision>) -> String {
+    r.map_or_else(String::new, |r| r.0.clone())
+}
+
+/// A rollout with each cluster's progress at `now_ms`.
+pub fn rollout(state: &State, r: &fleet_core::rollout::Rollout, now_ms: u64) -> proto::Rollout {
+    use fleet_core::rollout::Progress;
+    let progress: std::collections::BTreeMap<String, Progress> =
+        fleet_core::rollout::rollout_progress(state, r, now_ms)
+            .into_iter()
+            .collect();
+    let waves = r
+        .waves
+        .iter()
+        .map(|w| proto::RolloutWave {
+            name: w.name.clone(),
+            clusters: w
+                .clusters
+                .iter()
+                .map(|c| {
+                    let p = progress.get(c);
+                    proto::RolloutCluster {
+                        cluster: c.clone(),
+                        from_revision: revision_text(r.from.get(c).and_then(|f| f.as_ref())),
+                        to_revision: r.revision.0.clone(),
+                        progress: p.map_or("removed", |p| p.label()).to_string(),
+                        message: match p {
+                            Some(Progress::Failed { why }) => why.clone(),
+                            Some(Progress::Unreachable { silent_ms }) => {
+                                format!("no report for {} s", silent_ms / 1000)
+                            }
+                            _ => String::new(),
+                        },
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    proto::Rollout {
+        id: r.id,
+        workload: r.workload.clone(),
+        environment: r.environment.clone(),
+        revision: r.revision.0.clone(),
+        state: r.state.as_str().to_string(),
+        wave: r.wave,
+        waves,
+        required_approvals: r.required_approvals,
+        approvals: r.approvals.iter().cloned().collect(),
+        started_by: r.started_by.clone(),
+        started_at_ms: r.started_at_ms,
+        finished_at_ms: r.finished_at_ms.unwrap_or(0),
+        message: r.message.clone(),
+        soak_ms: state.pipeline(&r.workload).soak_ms,
+    }
+}
+
+pub fn promotion_plan(p: &fleet_core::promotion::PromotionPlan) -> proto::PlanResponse {
+    proto::PlanResponse {
+        revision: p.revision.0.clone(),
+        waves: p
+            .waves
+            .iter()
+            .map(|w| proto::RolloutWave {
+                name: w.name.clone(),
+                clusters: w
+                    .clusters
+                    .iter()
+                    .map(|c| proto::RolloutCluster {
+                        cluster: c.clone(),
+                        from_revision: revision_text(p.from.get(c).and_then(|f| f.as_ref())),
+                        to_revision: p.revision.0.clone(),
+                        progress: String::new(),
+                        message: String::new(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        blocked: p
+            .blocked
+            .as_ref()
+            .map_or_else(String::new, |e| e.to_string()),
+        hint: p
+            .blocked
+            .as_ref()
+            .map_or_else(String::new, |e| e.hint().to_string()),
+    }
+}
+
+pub fn freeze(f: &fleet_core::rollout::Freeze) -> proto::Freeze {
+    proto::Freeze {
+        id: f.id,
+        environment: f.environment.clone(),
+        from_ms: f.from_ms,
+        to_ms: f.to_ms,
+        reason: f.reason.clone(),
+        created_by: f.created_by.clone(),
+    }
+}

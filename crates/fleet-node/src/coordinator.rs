@@ -466,6 +466,10 @@ where
         "leadership-guard",
         run_guard(coordinator.clone(), config.guard.clone()),
     );
+    spawn_named(
+        "rollout-planner",
+        crate::promotion::run_planner(coordinator.clone()),
+    );
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -477,6 +481,7 @@ where
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(service::fleet_server(coordinator.clone()))
         .add_service(service::agent_server(coordinator.clone()))
+        .add_service(crate::promotion::promotion_server(coordinator.clone()))
         .add_service(service::raft_server(coordinator.clone()))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

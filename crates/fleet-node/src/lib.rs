@@ -17,6 +17,7 @@ pub mod heartbeat;
 pub mod leadership;
 pub mod metrics;
 pub mod network;
+pub mod promotion;
 pub mod service;
 pub mod store;
 pub mod tasks;

@@ -623,6 +623,12 @@ impl RaftService for RaftApi {
 }
 
 /// The failpoints a node has.
-pub const FAILPOINTS: [&str; 4] = ["log-flush", "vote-flush", "disk-probe", "disk-probe-burst"];
+pub const FAILPOINTS: [&str; 5] = [
+    "log-flush",
+    "vote-flush",
+    "disk-probe",
+    "disk-probe-burst",
+    "audit-tamper",
+];
 /// Longest failpoint action string.
 pub const MAX_FAILPOINT_ACTIONS_BYTES: usize = 256;

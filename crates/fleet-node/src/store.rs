@@ -394,6 +394,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .any(|r| matches!(r, Ok(Outcome::ClusterRemoved { .. })));
             results.push(ApplyResult(result));
         }
+        #[cfg(feature = "failpoints")]
+        if let Some(Some(sequence)) = fail::eval("audit-tamper", |arg| arg) {
+            tamper_with_audit_event(&mut data.state, &sequence);
+        }
         let changed = removed || data.state.last_assignment_version() != version_before;
         drop(data);
         if changed {
@@ -444,4 +448,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             _ => None,
         })
     }
+}
+
+/// Test-only: alters the summary of one stored audit event in this node's state, without
+/// fixing its hash, so `fleet-ctl audit verify` can be shown to catch it. Reached only through
+/// the `audit-tamper` failpoint (`return(SEQUENCE)`), on a node run with
+/// `--allow-failpoint-rpc`.
+#[cfg(feature = "failpoints")]
+fn tamper_with_audit_event(state: &mut fleet_core::State, sequence: &str) {
+    let Ok(sequence) = sequence.parse::<usize>() else {
+        return tracing::error!(sequence, "audit-tamper needs return(SEQUENCE)");
+    };
+    let mut value = serde_json::to_value(&*state).expect("the state serializes");
+    let Some(summary) = value
+        .pointer_mut(&format!("/audit/{}/summary", sequence.saturating_sub(1)))
+        .and_then(|s| s.as_str().map(|t| t.to_string()))
+    else {
+        return tracing::error!(sequence, "audit-tamper: no such event");
+    };
+    value["audit"][sequence - 1]["summary"] = format!("{summary} (altered)").into();
+    *state = serde_json::from_value(value).expect("the altered state deserializes");
+    tracing::error!(sequence, "TEST HOOK: audit event altered in memory");
 }

@@ -335,6 +335,24 @@ struct WorkloadState {
     render: Option<CachedRender>,
     /// The revision applied successfully at least once, for telling drift from an upgrade.
     applied: Option<fleet_core::Revision>,
+    /// The last revision that failed to fetch or render, and when to try it again.
+    failed: Option<RenderFailure>,
+}
+
+struct RenderFailure {
+    revision: fleet_core::Revision,
+    attempts: u32,
+    retry_at: tokio::time::Instant,
+    error: String,
+}
+
+/// Time before fetching a revision that failed `attempts` times again: 10 s doubling to
+/// 10 minutes, so a thousand agents assigned a commit that is not pushed yet do not fetch the
+/// repository on every resync.
+pub fn render_retry_delay(attempts: u32) -> Duration {
+    Duration::from_secs(10)
+        .saturating_mul(1 << attempts.saturating_sub(1).min(16))
+        .min(Duration::from_secs(600))
 }
 
 async fn reconcile_loop(
@@ -455,7 +473,13 @@ async fn reconcile_workload(
 ) -> StatusReport {
     let mut error = None;
     let wanted = &assignment.revision;
-    if state.render.as_ref().map(|r| &r.revision) != Some(wanted) {
+    let waiting = state
+        .failed
+        .as_ref()
+        .filter(|f| &f.revision == wanted && tokio::time::Instant::now() < f.retry_at);
+    if let Some(f) = waiting {
+        error = Some(f.error.clone());
+    } else if state.render.as_ref().map(|r| &r.revision) != Some(wanted) {
         let (git, a) = (git.clone(), assignment.clone());
         let kubernetes = matches!(target, Target::Kubernetes(_));
         let rendered = tokio::task::spawn_blocking(move || render_revision(&git, &a, kubernetes))
@@ -473,9 +497,22 @@ async fn reconcile_workload(
                 }
                 tracing::info!(workload = %assignment.workload, revision = %wanted, files = new.render.len(), "rendered");
                 state.render = Some(new);
+                state.failed = None;
             }
             Err(e) => {
-                tracing::error!(workload = %assignment.workload, revision = %wanted, error = %e, "cannot render the assigned revision; keeping the previous one");
+                let attempts = state
+                    .failed
+                    .as_ref()
+                    .filter(|f| &f.revision == wanted)
+                    .map_or(1, |f| f.attempts + 1);
+                let delay = render_retry_delay(attempts);
+                tracing::error!(workload = %assignment.workload, revision = %wanted, error = %e, attempts, retry_in = ?delay, "cannot render the assigned revision; keeping the previous one");
+                state.failed = Some(RenderFailure {
+                    revision: wanted.clone(),
+                    attempts,
+                    retry_at: tokio::time::Instant::now() + delay,
+                    error: e.to_string(),
+                });
                 error = Some(e.to_string());
             }
         }
@@ -678,6 +715,12 @@ mod tests {
             })
             .collect();
         assert!(draws.len() > 10);
+    }
+
+    #[test]
+    fn a_failed_render_is_retried_later_and_later_up_to_ten_minutes() {
+        let delays: Vec<u64> = (1..=9).map(|n| render_retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [10, 20, 40, 80, 160, 320, 600, 600, 600]);
     }
 
     #[test]
