@@ -25,4 +25,4 @@ pub use model::{
     Assignment, Cluster, Environment, HealthState, ObjectStatus, Release, ReportedStatus, Revision,
     Site, StatusReport, StatusRow, SyncState, Workload,
 };
-pub use state::State;
+pub use state::{AssignmentChange, ClusterHistory, State};

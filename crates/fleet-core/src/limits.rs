@@ -41,3 +41,6 @@ pub const MAX_REPORTS_PER_CALL: usize = 64;
 /// An unchanged report is committed again once the committed one is this old, so that every
 /// node knows an agent is alive to within this much without a Raft write per heartbeat.
 pub const STATUS_REFRESH_MS: u64 = 60_000;
+/// Assignment changes kept per cluster for `fleet-ctl history` (older ones stay in the audit
+/// log).
+pub const MAX_ASSIGNMENT_CHANGES_KEPT: usize = 500;

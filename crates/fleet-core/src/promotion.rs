@@ -777,7 +777,7 @@ impl State {
                         }
                         let moved = match r.from.get(c).cloned().flatten() {
                             Some(previous) => self.assign(c, workload, &previous, ctx),
-                            None => self.unassign(c, workload),
+                            None => self.unassign(c, workload, ctx),
                         };
                         if moved {
                             changed.push(c.clone());

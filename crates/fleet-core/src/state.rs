@@ -59,6 +59,32 @@ pub struct State {
     /// Desired revisions in the order they took effect, by workload, then environment.
     #[serde(default)]
     pub(crate) history: BTreeMap<String, BTreeMap<String, Vec<Revision>>>,
+    /// Every assignment change of each cluster, oldest first, at most
+    /// [`MAX_ASSIGNMENT_CHANGES_KEPT`] per cluster: answers "what did it run at time T".
+    #[serde(default)]
+    assignment_log: BTreeMap<String, Vec<AssignmentChange>>,
+}
+
+/// One change of a cluster's assignment, and the audit event of the command that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentChange {
+    pub time_ms: u64,
+    pub workload: String,
+    /// None: the assignment was removed.
+    pub revision: Option<Revision>,
+    pub version: u64,
+    pub audit_sequence: u64,
+}
+
+/// A cluster's assignments at one time, from its assignment log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterHistory {
+    /// The changes up to the time, oldest first.
+    pub changes: Vec<AssignmentChange>,
+    /// By workload: the change in force at the time.
+    pub assigned: BTreeMap<String, AssignmentChange>,
+    /// Changes before this time are no longer kept (0: the log is complete).
+    pub kept_since_ms: u64,
 }
 
 impl Default for State {
@@ -91,6 +117,7 @@ impl Default for State {
             last_rollout_id: 0,
             rejected: BTreeMap::new(),
             history: BTreeMap::new(),
+            assignment_log: BTreeMap::new(),
         }
     }
 }
@@ -287,6 +314,7 @@ impl State {
             Command::RemoveCluster { name } => {
                 self.clusters.remove(name);
                 self.assignments.remove(name);
+                self.assignment_log.remove(name);
                 self.reports.remove(name);
                 (
                     Outcome::ClusterRemoved { name: name.clone() },
@@ -463,12 +491,13 @@ impl State {
                 assigned_at_ms: ctx.now_ms,
             },
         );
+        self.log_assignment(cluster, workload, Some(revision), ctx);
         true
     }
 
     /// Removes a cluster's assignment for a workload (its agent prunes it). Returns false when
     /// it had none.
-    pub(crate) fn unassign(&mut self, cluster: &str, workload: &str) -> bool {
+    pub(crate) fn unassign(&mut self, cluster: &str, workload: &str, ctx: &Context) -> bool {
         let removed = self
             .assignments
             .get_mut(cluster)
@@ -476,8 +505,59 @@ impl State {
             .is_some();
         if removed {
             self.last_assignment_version += 1;
+            self.log_assignment(cluster, workload, None, ctx);
         }
         removed
+    }
+
+    fn log_assignment(
+        &mut self,
+        cluster: &str,
+        workload: &str,
+        revision: Option<&Revision>,
+        ctx: &Context,
+    ) {
+        let change = AssignmentChange {
+            time_ms: ctx.now_ms,
+            workload: workload.to_string(),
+            revision: revision.cloned(),
+            version: self.last_assignment_version,
+            // The event the command being applied appends.
+            audit_sequence: self.audit.len() as u64 + 1,
+        };
+        let log = self.assignment_log.entry(cluster.to_string()).or_default();
+        log.push(change);
+        if log.len() > MAX_ASSIGNMENT_CHANGES_KEPT {
+            log.remove(0);
+        }
+    }
+
+    /// What `cluster` was assigned at `at_ms`, with the changes that led there.
+    pub fn cluster_history(&self, cluster: &str, at_ms: u64) -> Result<ClusterHistory, CoreError> {
+        self.require_cluster(cluster)?;
+        let log = self
+            .assignment_log
+            .get(cluster)
+            .map_or(&[][..], |l| l.as_slice());
+        let changes: Vec<AssignmentChange> =
+            log.iter().filter(|c| c.time_ms <= at_ms).cloned().collect();
+        let mut assigned = BTreeMap::new();
+        for c in &changes {
+            match c.revision {
+                Some(_) => assigned.insert(c.workload.clone(), c.clone()),
+                None => assigned.remove(&c.workload),
+            };
+        }
+        let kept_since_ms = if log.len() >= MAX_ASSIGNMENT_CHANGES_KEPT {
+            log.first().map_or(0, |c| c.time_ms)
+        } else {
+            0
+        };
+        Ok(ClusterHistory {
+            changes,
+            assigned,
+            kept_since_ms,
+        })
     }
 
     /// Remembers that `revision` became the desired revision of `environment`.

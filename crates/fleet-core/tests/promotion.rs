@@ -553,3 +553,41 @@ fn rollback_returns_every_cluster_to_the_previous_revision_and_rejects_the_bad_o
     assert!(shown.contains("no earlier revision"), "{shown}");
     f.state.verify_audit().unwrap();
 }
+
+#[test]
+fn history_answers_what_a_cluster_ran_at_any_time() {
+    let mut f = Fleet::new(&THREE_SITES);
+    let before_b = f.now;
+    f.verify_staging();
+    f.ok(promote(None));
+    f.tick();
+    let with_b = f.now;
+    f.report("prod-oslo", A, SyncState::Failed, HealthState::Healthy);
+    f.wait(1_000);
+    f.tick(); // Halts and rolls prod-oslo back to A.
+    let at = |f: &Fleet, t: u64| {
+        f.state
+            .cluster_history("prod-oslo", t)
+            .unwrap()
+            .assigned
+            .get("web")
+            .map(|c| c.revision.clone().unwrap().0)
+    };
+    assert_eq!(at(&f, 0), None, "before its first assignment");
+    assert_eq!(at(&f, before_b).as_deref(), Some(A));
+    assert_eq!(at(&f, with_b).as_deref(), Some(B));
+    assert_eq!(at(&f, f.now).as_deref(), Some(A));
+    let h = f.state.cluster_history("prod-oslo", f.now).unwrap();
+    let revisions: Vec<&str> = h
+        .changes
+        .iter()
+        .map(|c| c.revision.as_ref().unwrap().0.as_str())
+        .collect();
+    assert_eq!(revisions, [A, B, A]);
+    // Each change points at the audit event of the command that made it.
+    for c in &h.changes {
+        let e = &f.state.audit_events()[c.audit_sequence as usize - 1];
+        assert!(e.summary.contains("prod-oslo"), "{}", e.summary);
+    }
+    assert_eq!(h.kept_since_ms, 0);
+}

@@ -99,6 +99,13 @@ enum Cmd {
     /// Freeze windows: no promotion into the environment starts or advances during one.
     #[command(subcommand)]
     Freeze(promotion::FreezeCmd),
+    /// What CLUSTER was assigned at a time (default now), and the changes that led there.
+    History {
+        cluster: String,
+        /// An RFC 3339 time, e.g. 2026-11-22T12:00:00Z.
+        #[arg(long, value_parser = parse_rfc3339_ms)]
+        at: Option<u64>,
+    },
     /// Per cluster: site, environment and desired revision.
     Status,
     /// The audit log, oldest first: who changed what, when and why. `audit verify` recomputes
@@ -663,6 +670,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             audit(&client, c, filter, after, limit, json).await
         }
         Cmd::DiskBench { .. } => unreachable!("handled before connecting"),
+        Cmd::History { cluster, at } => history(&client, c, cluster, at, json).await,
         Cmd::Pipeline(cmd) => promotion::pipeline(&client, cmd, reason, c, json).await,
         Cmd::Promote(a) => promotion::promote(&client, a, reason, json).await,
         Cmd::Plan(a) => promotion::plan(&client, a, json).await,
@@ -954,6 +962,75 @@ async fn audit(
         })
         .collect();
     emit(json, t, json!({ "events": rows }))
+}
+
+async fn history(
+    client: &Client,
+    consistency: i32,
+    cluster: String,
+    at: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let r = client
+        .fleet(|mut f, req: Req| {
+            let request = req.wrap(GetClusterHistoryRequest {
+                cluster: cluster.clone(),
+                at_ms: at.unwrap_or(0),
+                consistency,
+            });
+            async move { f.get_cluster_history(request).await }
+        })
+        .await?;
+    let change = |c: &AssignmentChange| {
+        json!({"time_ms": c.time_ms, "workload": c.workload,
+               "revision": (!c.revision.is_empty()).then_some(&c.revision),
+               "version": c.version, "audit_sequence": c.audit_sequence})
+    };
+    if json {
+        let value = json!({
+            "cluster": cluster, "at_ms": at,
+            "assigned": r.assigned.iter().map(change).collect::<Vec<_>>(),
+            "changes": r.changes.iter().map(change).collect::<Vec<_>>(),
+            "kept_since_ms": (r.kept_since_ms > 0).then_some(r.kept_since_ms),
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let when = at.map_or_else(|| "now".to_string(), format_time_ms);
+    println!("{cluster} at {when}:");
+    let mut t = Table::new(&["WORKLOAD", "REVISION", "SINCE", "AUDIT EVENT"]);
+    for c in &r.assigned {
+        t.row(vec![
+            c.workload.clone(),
+            c.revision.clone(),
+            format_time_ms(c.time_ms),
+            c.audit_sequence.to_string(),
+        ]);
+    }
+    t.print();
+    println!("\nchanges up to then:");
+    let mut t = Table::new(&["TIME", "WORKLOAD", "REVISION", "VERSION", "AUDIT EVENT"]);
+    for c in &r.changes {
+        t.row(vec![
+            format_time_ms(c.time_ms),
+            c.workload.clone(),
+            if c.revision.is_empty() {
+                "(removed)".into()
+            } else {
+                c.revision.clone()
+            },
+            c.version.to_string(),
+            c.audit_sequence.to_string(),
+        ]);
+    }
+    t.print();
+    if r.kept_since_ms > 0 {
+        println!(
+            "(changes before {} are only in the audit log)",
+            format_time_ms(r.kept_since_ms)
+        );
+    }
+    Ok(())
 }
 
 /// `coordinator disk`: one row per member, from the member itself.

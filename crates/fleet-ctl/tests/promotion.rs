@@ -244,6 +244,25 @@ async fn a_promotion_goes_wave_by_wave_and_a_failing_revision_is_rolled_back_for
             );
         }
     }
+    // History: v1, then v2 (the first wave), then v1 again, each tied to its audit event.
+    let history = ok_json(&ep, &["history", "prod-oslo"]);
+    let revisions: Vec<&str> = history["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["revision"].as_str().unwrap())
+        .collect();
+    assert_eq!(revisions, [v1.as_str(), v2.as_str(), v1.as_str()]);
+    let v2_at = history["changes"][1]["time_ms"].as_u64().unwrap();
+    let at = |ms: u64| {
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+        humantime::format_rfc3339_millis(t).to_string()
+    };
+    let then = ok_json(&ep, &["history", "prod-oslo", "--at", &at(v2_at)]);
+    assert_eq!(then["assigned"][0]["revision"], v2.as_str(), "{then}");
+    let before = ok_json(&ep, &["history", "prod-oslo", "--at", &at(v2_at - 1)]);
+    assert_eq!(before["assigned"][0]["revision"], v1.as_str(), "{before}");
+
     let again = ctl(&ep, &["promote", "web", "--to", "production"]);
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert_eq!(again.status.code(), Some(4), "{stderr}");

@@ -453,3 +453,13 @@ pub fn freeze(f: &fleet_core::rollout::Freeze) -> proto::Freeze {
         created_by: f.created_by.clone(),
     }
 }
+
+pub fn assignment_change(c: &fleet_core::AssignmentChange) -> proto::AssignmentChange {
+    proto::AssignmentChange {
+        time_ms: c.time_ms,
+        workload: c.workload.clone(),
+        revision: revision_text(c.revision.as_ref()),
+        version: c.version,
+        audit_sequence: c.audit_sequence,
+    }
+}

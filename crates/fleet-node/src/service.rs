@@ -272,6 +272,31 @@ impl FleetService for FleetApi {
         Ok(Response::new(ListReleasesResponse { releases }))
     }
 
+    async fn get_cluster_history(
+        &self,
+        request: Request<GetClusterHistoryRequest>,
+    ) -> Reply<GetClusterHistoryResponse> {
+        let r = request.into_inner();
+        let at = if r.at_ms == 0 { now_ms() } else { r.at_ms };
+        let reply = self
+            .0
+            .read(consistency(r.consistency), |s| {
+                s.cluster_history(&r.cluster, at)
+                    .map(|h| GetClusterHistoryResponse {
+                        assigned: h
+                            .assigned
+                            .values()
+                            .map(convert::assignment_change)
+                            .collect(),
+                        changes: h.changes.iter().map(convert::assignment_change).collect(),
+                        kept_since_ms: h.kept_since_ms,
+                    })
+            })
+            .await?
+            .map_err(NodeError::from)?;
+        Ok(Response::new(reply))
+    }
+
     async fn get_status(&self, request: Request<GetStatusRequest>) -> Reply<GetStatusResponse> {
         let r = request.into_inner();
         let rows = self
