@@ -19,8 +19,10 @@ fn precondition(message: impl Into<String>, hint: impl Into<String>) -> CoreErro
     }
 }
 
+/// `ms` since the Unix epoch as RFC 3339 UTC, to the second (pure: no clock is read).
 fn time(ms: u64) -> String {
-    format!("{ms} ms")
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// What a promotion would do, computed without committing anything.
@@ -685,7 +687,9 @@ impl State {
                 (
                     Outcome::FreezeAdded { id },
                     format!(
-                        "freeze {id} of {environment} from {from_ms} to {to_ms} (ms since epoch)"
+                        "freeze {id} of {environment} from {} to {}",
+                        time(*from_ms),
+                        time(*to_ms)
                     ),
                 )
             }
@@ -695,7 +699,9 @@ impl State {
                     Outcome::FreezeRemoved { id: *id },
                     format!(
                         "freeze {id} of {} from {} to {} removed",
-                        f.environment, f.from_ms, f.to_ms
+                        f.environment,
+                        time(f.from_ms),
+                        time(f.to_ms)
                     ),
                 )
             }

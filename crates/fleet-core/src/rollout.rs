@@ -188,6 +188,8 @@ pub enum Progress {
     Failed { why: String },
     /// No report for [`UNREACHABLE_AFTER_MS`]; `silent_ms` since the last one.
     Unreachable { silent_ms: u64 },
+    /// The rollout was rolled back and this cluster set back to its revision from before.
+    RolledBack,
 }
 
 impl Progress {
@@ -198,6 +200,7 @@ impl Progress {
             Progress::Healthy { .. } => "healthy",
             Progress::Failed { .. } => "failed",
             Progress::Unreachable { .. } => "unreachable",
+            Progress::RolledBack => "rolled_back",
         }
     }
 }
@@ -249,7 +252,9 @@ pub fn rollout_progress(state: &State, r: &Rollout, now_ms: TimeMs) -> Vec<(Stri
         // A cluster removed during the rollout drops out of it.
         .filter(|c| state.cluster(c).is_ok())
         .map(|c| {
-            let p = if r.updated.contains(c) {
+            let p = if r.state == RolloutState::RolledBack && r.updated.contains(c) {
+                Progress::RolledBack
+            } else if r.updated.contains(c) {
                 cluster_progress(state, c, &r.workload, &r.revision, r.started_at_ms, now_ms)
             } else {
                 Progress::Pending

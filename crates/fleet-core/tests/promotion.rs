@@ -330,6 +330,20 @@ fn a_failure_over_the_budget_halts_rolls_back_and_the_revision_is_never_selected
     );
     assert_eq!(f.rollout_state(), RolloutState::RolledBack);
     assert_eq!(f.assigned("prod-oslo").as_deref(), Some(A), "rolled back");
+    let r = f.state.rollout("web", "production").unwrap().clone();
+    let shown: Vec<(String, &str)> = fleet_core::rollout::rollout_progress(&f.state, &r, f.now)
+        .into_iter()
+        .map(|(c, p)| (c, p.label()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("prod-oslo".to_string(), "rolled_back"),
+            ("prod-bergen".to_string(), "pending"),
+            ("prod-stavanger".to_string(), "pending"),
+        ],
+        "the changed cluster shows as set back, not as updating to the rejected revision"
+    );
     assert!(
         f.state
             .rejected("web", "production")
@@ -462,6 +476,14 @@ fn a_freeze_window_blocks_promotions_and_waves_unless_overridden() {
     assert!(
         shown.contains("frozen") && shown.contains("--override-freeze"),
         "{shown}"
+    );
+    let until = std::time::UNIX_EPOCH + std::time::Duration::from_millis(to);
+    assert!(
+        shown.contains(&format!(
+            "frozen until {}",
+            humantime::format_rfc3339_seconds(until)
+        )),
+        "the end of the window as a time: {shown}"
     );
     f.ok(Command::Promote {
         workload: "web".into(),

@@ -106,7 +106,7 @@ enum Cmd {
         #[arg(long, value_parser = parse_rfc3339_ms)]
         at: Option<u64>,
     },
-    /// Per cluster: site, environment and desired revision.
+    /// Per cluster: desired and applied revision, sync, health, drift and last seen.
     Status,
     /// The audit log, oldest first: who changed what, when and why. `audit verify` recomputes
     /// the hash chain.

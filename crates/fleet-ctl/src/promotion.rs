@@ -481,15 +481,19 @@ pub async fn change(
     Ok(())
 }
 
-/// Progress bars per wave until the rollout ends.
+/// Progress bars per wave on a terminal until the rollout ends; elsewhere (a log, a pipe) one
+/// line per change. Then the final state: the table (or JSON) on stdout.
 async fn watch_rollout(client: &Client, target: &Target, json: bool) -> anyhow::Result<()> {
     use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
     let first = get_rollout(client, target, ReadConsistency::Linearizable as i32).await?;
-    let multi = MultiProgress::with_draw_target(if json {
+    let draw = if json {
         ProgressDrawTarget::hidden()
     } else {
         ProgressDrawTarget::stderr()
-    });
+    };
+    // Without a terminal indicatif draws nothing; then progress is written as lines.
+    let lines = !json && draw.is_hidden();
+    let multi = MultiProgress::with_draw_target(draw);
     let style = ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} healthy  {msg}")
         .context("progress template")?
         .progress_chars("=> ");
@@ -505,6 +509,7 @@ async fn watch_rollout(client: &Client, target: &Target, json: bool) -> anyhow::
         })
         .collect();
     let mut last_state = String::new();
+    let mut last_lines: Vec<String> = vec![String::new(); bars.len()];
     loop {
         let r = get_rollout(client, target, ReadConsistency::Stale as i32).await?;
         if r.id != first.id {
@@ -514,7 +519,16 @@ async fn watch_rollout(client: &Client, target: &Target, json: bool) -> anyhow::
                 r.id
             ));
         }
-        for (bar, w) in bars.iter().zip(&r.waves) {
+        if r.state != last_state {
+            let line = format!("rollout {}: {}", r.id, r.state);
+            if lines {
+                eprintln!("{line}");
+            } else {
+                multi.println(line)?;
+            }
+            last_state = r.state.clone();
+        }
+        for (i, (bar, w)) in bars.iter().zip(&r.waves).enumerate() {
             let healthy = w
                 .clusters
                 .iter()
@@ -529,10 +543,19 @@ async fn watch_rollout(client: &Client, target: &Target, json: bool) -> anyhow::
                 .collect();
             notes.truncate(4);
             bar.set_message(notes.join(", "));
-        }
-        if r.state != last_state {
-            multi.println(format!("rollout {}: {}", r.id, r.state))?;
-            last_state = r.state.clone();
+            if lines {
+                let line = format!(
+                    "wave {} {}: {healthy}/{} healthy  {}",
+                    i + 1,
+                    w.name,
+                    w.clusters.len(),
+                    notes.join(", ")
+                );
+                if line != last_lines[i] {
+                    eprintln!("{}", line.trim_end());
+                    last_lines[i] = line;
+                }
+            }
         }
         if !matches!(r.state.as_str(), "running" | "paused" | "awaiting_approval") {
             for bar in &bars {
@@ -540,6 +563,8 @@ async fn watch_rollout(client: &Client, target: &Target, json: bool) -> anyhow::
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&rollout_json(&r))?);
+            } else {
+                print_rollout(&r);
             }
             return finished_ok(&r);
         }

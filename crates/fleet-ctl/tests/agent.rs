@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use fleet_node::testing::{AgentProcess, ProcessCluster};
 use serde_json::Value;
 
-use common::{git, ok_json};
+use common::{ctl, git, ok_json};
 
 /// Polls `check` every 20 ms until it holds; panics with `what` after `timeout`.
 async fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
@@ -321,7 +321,7 @@ impl Drop for Demo {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_embedded_demo_runs_the_whole_loop_on_its_own() {
+async fn the_embedded_demo_runs_the_whole_loop_and_promotes_to_production() {
     let dir = tempfile::tempdir().unwrap();
     let port = fleet_node::testing::free_port();
     let ep = format!("127.0.0.1:{port}");
@@ -359,4 +359,96 @@ async fn the_embedded_demo_runs_the_whole_loop_on_its_own() {
     .await;
     // Production has no release yet, so its agents write nothing.
     assert!(!dir.path().join("fleet-demo/prod-oslo-1/web").exists());
+
+    // The README's promotion, on the demo's seeded pipeline with its soak shortened.
+    let pipeline = ok_json(&ep, &["pipeline", "show", "web"]);
+    assert_eq!(pipeline["soak_ms"], 10_000);
+    assert_eq!(
+        pipeline["wave_order"],
+        serde_json::json!(["oslo", "bergen", "stavanger"])
+    );
+    ok_json(
+        &ep,
+        &[
+            "pipeline",
+            "set",
+            "web",
+            "--environments",
+            "staging,production",
+            "--soak",
+            "1s",
+            "--wave-order",
+            "oslo,bergen,stavanger",
+        ],
+    );
+    let revision = status_of(&ep, "stg-oslo-1")["report"]["applied_revision"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let plan = ok_json(&ep, &["plan", "web", "--to", "production"]);
+    let waves: Vec<(String, String, String)> = plan["waves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| {
+            w["clusters"].as_array().unwrap().iter().map(|c| {
+                (
+                    w["name"].as_str().unwrap().to_string(),
+                    c["cluster"].as_str().unwrap().to_string(),
+                    c["to"].as_str().unwrap().to_string(),
+                )
+            })
+        })
+        .collect();
+    let expected: Vec<(String, String, String)> = [
+        ("oslo", "prod-oslo-1"),
+        ("bergen", "prod-bergen-1"),
+        ("stavanger", "prod-stavanger-1"),
+    ]
+    .iter()
+    .map(|(w, c)| (w.to_string(), c.to_string(), revision.clone()))
+    .collect();
+    assert_eq!(waves, expected, "{plan}");
+    let start = Instant::now();
+    while !ctl(&ep, &["promote", "web", "--to", "production"])
+        .status
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the staging gate never held"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let watch = tokio::task::spawn_blocking({
+        let ep = ep.clone();
+        move || {
+            ctl(
+                &ep,
+                &["rollout", "status", "web", "--env", "production", "--watch"],
+            )
+        }
+    });
+    let out = tokio::time::timeout(Duration::from_secs(60), watch)
+        .await
+        .expect("the watch ends with the rollout")
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(shown.contains("succeeded"), "{shown}");
+    for cluster in ["prod-oslo-1", "prod-bergen-1", "prod-stavanger-1"] {
+        let conf = dir
+            .path()
+            .join(format!("fleet-demo/{cluster}/web/nginx.conf"));
+        assert!(
+            std::fs::read_to_string(&conf)
+                .unwrap()
+                .contains("server_name web.example.no"),
+            "{cluster} runs the production overlay"
+        );
+    }
 }

@@ -218,6 +218,10 @@ async fn a_promotion_goes_wave_by_wave_and_a_failing_revision_is_rolled_back_for
         json["message"].as_str().unwrap().contains("prod-oslo"),
         "{json}"
     );
+    let oslo = &json["waves"][0]["clusters"][0];
+    assert_eq!(oslo["progress"], "rolled_back", "{json}");
+    assert_eq!(oslo["message"], format!("set back to {v1}"), "{json}");
+    assert_eq!(json["waves"][1]["clusters"][0]["progress"], "pending");
 
     // Back on v1 everywhere, and no later step brings v2 back.
     wait_until(

@@ -386,6 +386,12 @@ pub fn rollout(state: &State, r: &fleet_core::rollout::Rollout, now_ms: u64) -> 
                             Some(Progress::Unreachable { silent_ms }) => {
                                 format!("no report for {} s", silent_ms / 1000)
                             }
+                            Some(Progress::RolledBack) => {
+                                match r.from.get(c).and_then(|f| f.as_ref()) {
+                                    Some(from) => format!("set back to {}", from.0),
+                                    None => "its assignment removed".to_string(),
+                                }
+                            }
                             _ => String::new(),
                         },
                     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_core::Command;
+use fleet_core::rollout::Pipeline;
 
 use crate::agent::{AgentConfig, TargetSpec};
 use crate::coordinator::Coordinator;
@@ -79,7 +80,8 @@ pub fn create_repository(dir: &Path) -> Result<String, NodeError> {
 }
 
 /// Seeds the demo fleet once (a restarted demo keeps what it has): three sites, the clusters,
-/// the workload `web` on the demo repository, and its first release (to staging).
+/// the workload `web` on the demo repository with a pipeline staging → production (10 s soak,
+/// waves oslo, bergen, stavanger), and its first release (to staging).
 pub async fn seed(c: &Arc<Coordinator>, repository: &Path) -> Result<(), NodeError> {
     if c.read_state(|s| s.sites().next().is_some()) {
         return Ok(());
@@ -102,6 +104,16 @@ pub async fn seed(c: &Arc<Coordinator>, repository: &Path) -> Result<(), NodeErr
         name: "web".into(),
         repo_url: format!("file://{}", repository.display()),
         path_template: "overlays/{environment}".into(),
+    });
+    // A short soak and the sites in travel order, so a demo promotion finishes in about a
+    // minute; the default pipeline soaks for one minute per environment and wave.
+    commands.push(Command::SetPipeline {
+        workload: "web".into(),
+        pipeline: Pipeline {
+            soak_ms: 10_000,
+            wave_order: vec!["oslo".into(), "bergen".into(), "stavanger".into()],
+            ..Pipeline::default_for(&["staging".into(), "production".into()])
+        },
     });
     commands.push(Command::PublishRelease {
         workload: "web".into(),
