@@ -880,18 +880,7 @@ async fn audit_verify(client: &Client, consistency: i32, json: bool) -> anyhow::
     let events = fetch_audit(client, consistency, "", 0, usize::MAX).await?;
     let mut chain = Vec::with_capacity(events.len());
     for e in &events {
-        let command = serde_json::from_str(&e.command_json)
-            .with_context(|| format!("audit event {}: unreadable command", e.sequence))?;
-        chain.push(fleet_core::AuditEvent {
-            sequence: e.sequence,
-            time_ms: e.time_ms,
-            actor: e.actor.clone(),
-            reason: e.reason.clone(),
-            command,
-            summary: e.summary.clone(),
-            prev_hash: e.prev_hash.clone(),
-            hash: e.hash.clone(),
-        });
+        chain.push(fleet_node::convert::audit_event_from_wire(e).map_err(|e| anyhow!(e))?);
     }
     let head = chain.last().map_or("-".to_string(), |e| e.hash.clone());
     match fleet_core::audit::verify_chain(&chain) {

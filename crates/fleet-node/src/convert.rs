@@ -203,6 +203,23 @@ pub fn audit_event(e: &fleet_core::AuditEvent) -> proto::AuditEvent {
     }
 }
 
+/// An audit event as served, back in the domain type, so that a client can recompute the
+/// chain (`fleet_core::audit::verify_chain`) without trusting the node.
+pub fn audit_event_from_wire(e: &proto::AuditEvent) -> Result<fleet_core::AuditEvent, String> {
+    let command = serde_json::from_str(&e.command_json)
+        .map_err(|err| format!("audit event {}: unreadable command: {err}", e.sequence))?;
+    Ok(fleet_core::AuditEvent {
+        sequence: e.sequence,
+        time_ms: e.time_ms,
+        actor: e.actor.clone(),
+        reason: e.reason.clone(),
+        command,
+        summary: e.summary.clone(),
+        prev_hash: e.prev_hash.clone(),
+        hash: e.hash.clone(),
+    })
+}
+
 pub fn write_result(log_index: u64) -> Option<proto::WriteResult> {
     Some(proto::WriteResult { log_index })
 }

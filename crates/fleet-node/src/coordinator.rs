@@ -233,6 +233,9 @@ impl Coordinator {
         if consistency == Consistency::Stale {
             return Ok(());
         }
+        // A deliberate bug for the chaos suite's own test: serve a linearizable read from the
+        // local state without the barrier, which its checker must catch.
+        fail::fail_point!("stale-linearizable-read", |_| Ok(()));
         let started = Instant::now();
         loop {
             let read_index = match self.leader() {

@@ -648,12 +648,13 @@ impl RaftService for RaftApi {
 }
 
 /// The failpoints a node has.
-pub const FAILPOINTS: [&str; 5] = [
+pub const FAILPOINTS: [&str; 6] = [
     "log-flush",
     "vote-flush",
     "disk-probe",
     "disk-probe-burst",
     "audit-tamper",
+    "stale-linearizable-read",
 ];
 /// Longest failpoint action string.
 pub const MAX_FAILPOINT_ACTIONS_BYTES: usize = 256;

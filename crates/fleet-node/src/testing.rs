@@ -83,15 +83,34 @@ pub struct NodeProcess {
     /// Extra environment for the next start, e.g. FAILPOINTS.
     env: Vec<(String, String)>,
     binary: PathBuf,
+    /// Runs the binary through this command, e.g. `ip netns exec NS` (it must exec the
+    /// binary, so that the pid is the node's).
+    wrapper: Vec<String>,
     /// How many times this node was started (log files are numbered by it).
     starts: u32,
+}
+
+/// Where one node of a [`ProcessCluster::start_with`] runs.
+pub struct NodeSpec {
+    pub address: String,
+    pub data_dir: PathBuf,
+    /// A command the binary is run through, e.g. `["ip", "netns", "exec", "ns1"]`; it must
+    /// exec the binary.
+    pub wrapper: Vec<String>,
 }
 
 impl NodeProcess {
     fn spawn(&mut self, start_args: &[String]) {
         self.starts += 1;
         self.log_path = self.data_dir.with_extension(format!("log.{}", self.starts));
-        let mut command = Command::new(&self.binary);
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
         command
             .arg("coordinator")
             .args(["--id", &self.id.to_string()])
@@ -111,6 +130,13 @@ impl NodeProcess {
     /// The process id while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (e.g. SIGSTOP, SIGCONT) to the running process.
+    pub fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = kill(Pid::from_raw(pid as i32), signal);
+        }
     }
 
     /// SIGKILL, then reap.
@@ -208,22 +234,42 @@ impl ProcessCluster {
             .prefix("fleet-cluster-")
             .tempdir_in(base)
             .expect("temp dir");
+        let specs = (1..=size as u64)
+            .map(|id| NodeSpec {
+                address: format!("127.0.0.1:{}", free_port()),
+                data_dir: dir.path().join(format!("node-{id}")),
+                wrapper: Vec::new(),
+            })
+            .collect();
+        Self::start_with(dir, specs, extra_args).await
+    }
+
+    /// Starts one node per spec (ids from 1, in order), owning `dir` (removed when the cluster
+    /// is dropped): node 1 bootstraps, the others join it. Returns once every node is a voter
+    /// and a leader is known.
+    pub async fn start_with(
+        dir: tempfile::TempDir,
+        specs: Vec<NodeSpec>,
+        extra_args: &[&str],
+    ) -> Self {
         let binary = fleet_node_binary();
+        let size = specs.len();
         let mut cluster = ProcessCluster {
             nodes: Vec::new(),
             dir,
         };
-        for i in 0..size {
+        for (i, spec) in specs.into_iter().enumerate() {
             let id = i as u64 + 1;
             let mut node = NodeProcess {
                 id,
-                address: format!("127.0.0.1:{}", free_port()),
-                data_dir: cluster.dir.path().join(format!("node-{id}")),
+                address: spec.address,
+                data_dir: spec.data_dir,
                 log_path: PathBuf::new(),
                 child: None,
                 extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
                 env: Vec::new(),
                 binary: binary.clone(),
+                wrapper: spec.wrapper,
                 starts: 0,
             };
             if i == 0 {
