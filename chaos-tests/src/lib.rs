@@ -23,6 +23,7 @@ pub fn smoke_faults() -> Vec<Fault> {
         Fault::Kill(Target::Leader),
         Fault::Pause(Target::Follower),
         Fault::Partition(Target::Leader),
+        Fault::Cut(Target::Leader),
         Fault::SlowDisk {
             target: Target::Leader,
             delay_ms: 200,

@@ -61,10 +61,12 @@ fn seed_or_new(seed: Option<u64>) -> u64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // fuser logs a failed reply whenever a killed node's request goes away mid-flight, which
+    // the kill faults do on purpose; RUST_LOG=fuser=error shows them.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,fuser=error,chaos_tests=info".into()),
+                .unwrap_or_else(|_| "warn,fuser=off,chaos_tests=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

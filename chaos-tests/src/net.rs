@@ -3,6 +3,7 @@
 //! a node's link moved to another bridge.
 
 use std::process::Command;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, bail};
@@ -14,6 +15,8 @@ pub struct Network {
     /// The subnet's first three octets, e.g. "10.123.7".
     subnet: String,
     nodes: usize,
+    /// Blackhole routes in place: (the node whose namespace has it, the node it cuts off).
+    cuts: Mutex<Vec<(u64, u64)>>,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -48,6 +51,7 @@ impl Network {
             prefix: format!("fc{}x{}", pid % 100_000, n % 100),
             subnet: format!("10.{}.{}", 100 + (pid + n * 7) % 150, (pid / 150 + n) % 250),
             nodes,
+            cuts: Mutex::default(),
         };
         net.bridge("a")?;
         ip(&[
@@ -129,8 +133,46 @@ impl Network {
         Ok(())
     }
 
-    /// Every link up and on the main bridge.
+    /// Cuts the nodes of `group` off from every other node, both ways, with blackhole routes
+    /// in their namespaces; unlike [`Network::isolate`], the host (the clients) still reaches
+    /// every node, so a leader cut off this way keeps answering clients while the others
+    /// elect a new one.
+    pub fn cut(&self, group: &[u64]) -> anyhow::Result<()> {
+        let mut cuts = self.cuts.lock().expect("cuts lock");
+        for a in group {
+            for b in (1..=self.nodes as u64).filter(|n| !group.contains(n)) {
+                for (from, to) in [(*a, b), (b, *a)] {
+                    ip(&[
+                        "netns",
+                        "exec",
+                        &self.namespace(from),
+                        "ip",
+                        "route",
+                        "add",
+                        "blackhole",
+                        &format!("{}/32", self.address_of(to)),
+                    ])?;
+                    cuts.push((from, to));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every link up and on the main bridge, and no cuts.
     pub fn heal(&self) -> anyhow::Result<()> {
+        for (from, to) in std::mem::take(&mut *self.cuts.lock().expect("cuts lock")) {
+            ip(&[
+                "netns",
+                "exec",
+                &self.namespace(from),
+                "ip",
+                "route",
+                "del",
+                "blackhole",
+                &format!("{}/32", self.address_of(to)),
+            ])?;
+        }
         for node in 1..=self.nodes as u64 {
             ip(&[
                 "link",

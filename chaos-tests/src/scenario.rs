@@ -62,6 +62,9 @@ pub enum Fault {
     Partition(Target),
     /// The leader and enough others for a minority moved to their own bridge (root).
     MinoritySplit,
+    /// The target cut off from the other coordinators while clients still reach it (root):
+    /// a leader cut off this way keeps answering clients after the others elected a new one.
+    Cut(Target),
     /// One node's link going down and up every 200–800 ms (root).
     Flapping,
     /// fsync/fdatasync of the target slowed by `delay_ms` through FUSE (root).
@@ -84,7 +87,12 @@ impl Fault {
         let targets = [Target::Leader, Target::Follower, Target::Majority];
         let mut all = Vec::new();
         for t in targets {
-            all.extend([Fault::Kill(t), Fault::Pause(t), Fault::Partition(t)]);
+            all.extend([
+                Fault::Kill(t),
+                Fault::Pause(t),
+                Fault::Partition(t),
+                Fault::Cut(t),
+            ]);
             for delay_ms in SLOW_DISK_DELAYS_MS {
                 all.push(Fault::SlowDisk {
                     target: t,
@@ -120,6 +128,7 @@ impl Fault {
             Fault::Kill(x) => format!("{}-kill", t(x)),
             Fault::Pause(x) => format!("{}-pause", t(x)),
             Fault::Partition(x) => format!("{}-partition", t(x)),
+            Fault::Cut(x) => format!("{}-cut-from-peers", t(x)),
             Fault::MinoritySplit => "minority-split".into(),
             Fault::Flapping => "flapping-link".into(),
             Fault::SlowDisk { target, delay_ms } => format!("slow-{}-disk-{delay_ms}ms", t(target)),
@@ -162,7 +171,7 @@ impl Plan {
             0 => Target::Leader,
             _ => Target::Follower,
         };
-        let fault = match rng.u8(..9) {
+        let fault = match rng.u8(..10) {
             0 => Fault::Kill(target),
             1 => Fault::Pause(target),
             2 => Fault::Partition(target),
@@ -174,6 +183,7 @@ impl Plan {
             },
             6 => Fault::FsyncEio(target),
             7 => Fault::LoseUnsynced(target),
+            8 => Fault::Cut(target),
             _ => Fault::Kill(Target::Leader),
         };
         Plan::for_fault(seed, nodes, fault)
@@ -193,6 +203,25 @@ pub struct Report {
     pub inconclusive: Vec<String>,
     pub skipped: Option<String>,
     pub recovery: Option<Duration>,
+}
+
+impl Report {
+    /// Counts the checker's verdicts as violations or inconclusive keys.
+    fn add_verdicts(&mut self, verdicts: Vec<Verdict>) {
+        for v in verdicts {
+            match v {
+                Verdict::Violation {
+                    key,
+                    explained,
+                    operations,
+                } => self.violations.push(format!(
+                    "key {key}: not linearizable (the longest explainable prefix holds {explained} of {operations} operations)"
+                )),
+                Verdict::Inconclusive { key } => self.inconclusive.push(key),
+                Verdict::Linearizable => {}
+            }
+        }
+    }
 }
 
 impl fmt::Display for Report {
@@ -546,19 +575,7 @@ pub async fn run(plan: &Plan, base_dir: &Path) -> anyhow::Result<Report> {
         checker::check(&history_for_check, CHECK_BUDGET_PER_KEY)
     })
     .await?;
-    for v in verdicts {
-        match v {
-            Verdict::Violation {
-                key,
-                explained,
-                operations,
-            } => report.violations.push(format!(
-                "key {key}: not linearizable (the longest explainable prefix holds {explained} of {operations} operations)"
-            )),
-            Verdict::Inconclusive { key } => report.inconclusive.push(key),
-            Verdict::Linearizable => {}
-        }
-    }
+    report.add_verdicts(verdicts);
     if !report.violations.is_empty() || !report.lost_acks.is_empty() {
         let path = std::env::temp_dir().join(format!("fleet-chaos-history-{}.txt", plan.seed));
         let text: Vec<String> = history.iter().map(|o| format!("{o:?}")).collect();
@@ -571,6 +588,100 @@ pub async fn run(plan: &Plan, base_dir: &Path) -> anyhow::Result<Report> {
     }
     drop(sys);
     Ok(report)
+}
+
+/// A deterministic probe of refusals from a deposed leader (root): the leader is cut off from
+/// its peers while clients still reach it, the others elect a new leader and change two
+/// clusters (remove one, register another), and then the deposed leader is asked to register
+/// the removed one and to remove the registered one. "Already exists" or "not found" read
+/// from its stale state would answer from the past; the probe's history is checked like any
+/// run's.
+pub async fn deposed_leader_probe(base_dir: &Path) -> anyhow::Result<Report> {
+    let mut report = Report {
+        fault: "deposed-leader-probe".into(),
+        ..Report::default()
+    };
+    if !is_root() {
+        report.skipped = Some("needs root (network namespaces); run as root to include it".into());
+        return Ok(report);
+    }
+    let sys = System::start(3, base_dir).await?;
+    let recorder = Recorder::default();
+    let started = Instant::now();
+    let op = |node: u64, key: &'static str, input: Input| {
+        workload::run_operation(
+            &sys.nodes,
+            &recorder,
+            started,
+            1,
+            node as usize - 1,
+            key,
+            input,
+        )
+    };
+    let (removed, added) = ("probe-removed", "probe-added");
+    let old = sys.leader().await?;
+    sys.nodes
+        .client(old as usize - 1)
+        .add_site(AddSiteRequest {
+            name: workload::SITE.into(),
+            reason: "probe setup".into(),
+        })
+        .await?;
+    if op(old, removed, Input::Register { value: 1 }).await != Some(Output::Ok) {
+        bail!("could not register {removed} before the cut");
+    }
+    sys.net().cut(&[old])?;
+    report.faults = 1;
+    let new = leader_among(&sys, &sys.cluster.others(old)).await?;
+    if op(new, removed, Input::Remove).await != Some(Output::Ok)
+        || op(new, added, Input::Register { value: 2 }).await != Some(Output::Ok)
+    {
+        bail!("the new leader {new} did not accept the probe's writes");
+    }
+    // Without a deposed leader that still believes it leads, the probe would test nothing.
+    if sys.cluster.status(old).await.map(|s| s.role) != Some("Leader".into()) {
+        bail!("node {old} stopped believing it leads before the probe could ask it");
+    }
+    op(old, removed, Input::Register { value: 3 }).await;
+    op(old, added, Input::Remove).await;
+    op(old, added, Input::Get).await;
+    sys.net().heal()?;
+    for key in [removed, added] {
+        for _ in 0..40 {
+            if op(new, key, Input::Get).await.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let history = std::mem::take(&mut *recorder.operations.lock().unwrap());
+    report.operations = history.len();
+    report.add_verdicts(checker::check(&history, CHECK_BUDGET_PER_KEY));
+    if !report.violations.is_empty() {
+        for o in &history {
+            eprintln!("{o:?}");
+        }
+    }
+    Ok(report)
+}
+
+/// The node among `candidates` that says it leads, waiting up to 20 s.
+async fn leader_among(sys: &System, candidates: &[u64]) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for id in candidates {
+            if let Some(s) = sys.cluster.status(*id).await
+                && s.role == "Leader"
+            {
+                return Ok(*id);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("none of nodes {candidates:?} became leader within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Injects the plan's fault, holds it for its duration, and heals it.
@@ -601,6 +712,11 @@ async fn inject(sys: &mut System, plan: &Plan, report: &mut Report) -> anyhow::R
             for n in sys.resolve(*target).await? {
                 sys.net().isolate(n)?;
             }
+            tokio::time::sleep(hold).await;
+            sys.net().heal()?;
+        }
+        Fault::Cut(target) => {
+            sys.net().cut(&sys.resolve(*target).await?)?;
             tokio::time::sleep(hold).await;
             sys.net().heal()?;
         }

@@ -35,3 +35,16 @@ async fn the_checker_reports_stale_linearizable_reads_as_a_violation() {
         "stale reads lose no write: {report}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_peers_refuses_nothing_from_its_stale_state() {
+    let report = scenario::deposed_leader_probe(&std::env::temp_dir())
+        .await
+        .unwrap();
+    chaos_tests::print_report(&report);
+    if report.skipped.is_some() {
+        return;
+    }
+    assert!(report.operations >= 5, "the probe ran: {report}");
+    assert_eq!(report.violations, Vec::<String>::new(), "{report}");
+}

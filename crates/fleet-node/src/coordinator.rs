@@ -179,7 +179,9 @@ impl Coordinator {
                                         detail: format!("unreadable reply from the leader: {e}"),
                                     }
                                 })?;
-                            return reply.map_err(NodeError::from);
+                            let (index, outcome) = reply.map_err(NodeError::from)?;
+                            self.await_applied(index).await;
+                            return Ok((index, outcome));
                         }
                         // Not delivered, or the receiver was not the leader: try again.
                         Err(status) if status.code() == tonic::Code::Unavailable => {
@@ -201,6 +203,19 @@ impl Coordinator {
         }
     }
 
+    /// Waits (bounded) until this node has applied `index`, so that a caller who wrote through
+    /// a follower reads its own write from this node's state afterwards.
+    async fn await_applied(&self, index: u64) {
+        if let Err(e) = self
+            .raft
+            .wait(Some(LEADER_WAIT))
+            .applied_index_at_least(Some(index), "read your write")
+            .await
+        {
+            tracing::debug!(index, error = %e, "this node has not applied a forwarded write yet");
+        }
+    }
+
     /// Proposes a write on this node, which believes it leads. `Err(NotLeader)` when it does
     /// not (nothing was appended).
     pub async fn write_as_leader(
@@ -216,8 +231,21 @@ impl Coordinator {
             },
         };
         // Refuse bad input before it reaches the log; apply checks again, deterministically.
-        if let Err(e) = self.read_state(|s| s.check(&item.command, &item.context)) {
-            return Ok(Err(e.into()));
+        // This node's applied state may be behind: a new leader that has not yet applied its
+        // predecessor's entries, or a deposed leader that does not know it yet. A refusal read
+        // from it ("not found", "already exists") would then answer from the past, so it is
+        // confirmed after a read barrier; passing checks need no barrier, as apply decides.
+        if self
+            .read_state(|s| s.check(&item.command, &item.context))
+            .is_err()
+        {
+            if let Err(e) = self.raft.ensure_linearizable().await {
+                tracing::debug!(error = %e, "could not confirm leadership for a refusal");
+                return Err(NotLeader);
+            }
+            if let Err(e) = self.read_state(|s| s.check(&item.command, &item.context)) {
+                return Ok(Err(e.into()));
+            }
         }
         match self.batcher.write(item).await {
             Ok(applied) => Ok(Ok(applied)),
