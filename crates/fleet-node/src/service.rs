@@ -471,11 +471,16 @@ impl AgentService for AgentApi {
                 cluster: r.cluster.clone(),
                 report: report.clone(),
             };
-            // Checked here too, so a bad heartbeat is refused even when nothing is committed.
-            let needs_commit = self.0.read_state(|s| {
+            // Checked here too, so a bad heartbeat is refused even when nothing is committed;
+            // a refusal from this node's state (which may lag) only after a read barrier.
+            let verdict = |s: &fleet_core::State| {
                 s.check(&command, &heartbeat_context(&r.cluster, now))?;
                 Ok::<_, fleet_core::CoreError>(s.report_needs_commit(&r.cluster, &report, now))
-            });
+            };
+            let mut needs_commit = self.0.read_state(verdict);
+            if needs_commit.is_err() {
+                needs_commit = self.0.read(Consistency::Linearizable, verdict).await?;
+            }
             if needs_commit.map_err(NodeError::from)? {
                 self.0
                     .write(command, agent_actor(&r.cluster), String::new())
