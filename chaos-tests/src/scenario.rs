@@ -582,12 +582,31 @@ pub async fn run(plan: &Plan, base_dir: &Path) -> anyhow::Result<Report> {
         if std::fs::write(&path, text.join("\n")).is_ok() {
             eprintln!("history written to {}", path.display());
         }
-        for node in &sys.cluster.nodes {
-            eprintln!("node {} log: {}", node.id, node.log_path.display());
+        // The run's directory goes with it: keep every node incarnation's log.
+        let logs = std::env::temp_dir().join(format!("fleet-chaos-logs-{}", plan.seed));
+        match keep_node_logs(sys.base(), &logs) {
+            Ok(n) => eprintln!("{n} node logs copied to {}", logs.display()),
+            Err(e) => eprintln!("could not copy the node logs to {}: {e}", logs.display()),
         }
     }
     drop(sys);
     Ok(report)
+}
+
+/// Copies the coordinators' logs (`node-ID.log.START`) from `run_dir` into `to`; returns how
+/// many.
+fn keep_node_logs(run_dir: &Path, to: &Path) -> std::io::Result<usize> {
+    std::fs::create_dir_all(to)?;
+    let mut copied = 0;
+    for entry in std::fs::read_dir(run_dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("node-") && name.contains(".log.") {
+            std::fs::copy(entry.path(), to.join(&name))?;
+            copied += 1;
+        }
+    }
+    Ok(copied)
 }
 
 /// A deterministic probe of refusals from a deposed leader (root): the leader is cut off from
