@@ -133,6 +133,21 @@ impl Network {
         Ok(())
     }
 
+    /// Adds or deletes (`action`) the route in node `from`'s namespace that drops every packet
+    /// to node `to`.
+    fn blackhole(&self, action: &str, from: u64, to: u64) -> anyhow::Result<()> {
+        ip(&[
+            "netns",
+            "exec",
+            &self.namespace(from),
+            "ip",
+            "route",
+            action,
+            "blackhole",
+            &format!("{}/32", self.address_of(to)),
+        ])
+    }
+
     /// Cuts the nodes of `group` off from every other node, both ways, with blackhole routes
     /// in their namespaces; unlike [`Network::isolate`], the host (the clients) still reaches
     /// every node, so a leader cut off this way keeps answering clients while the others
@@ -142,16 +157,7 @@ impl Network {
         for a in group {
             for b in (1..=self.nodes as u64).filter(|n| !group.contains(n)) {
                 for (from, to) in [(*a, b), (b, *a)] {
-                    ip(&[
-                        "netns",
-                        "exec",
-                        &self.namespace(from),
-                        "ip",
-                        "route",
-                        "add",
-                        "blackhole",
-                        &format!("{}/32", self.address_of(to)),
-                    ])?;
+                    self.blackhole("add", from, to)?;
                     cuts.push((from, to));
                 }
             }
@@ -162,16 +168,7 @@ impl Network {
     /// Every link up and on the main bridge, and no cuts.
     pub fn heal(&self) -> anyhow::Result<()> {
         for (from, to) in std::mem::take(&mut *self.cuts.lock().expect("cuts lock")) {
-            ip(&[
-                "netns",
-                "exec",
-                &self.namespace(from),
-                "ip",
-                "route",
-                "del",
-                "blackhole",
-                &format!("{}/32", self.address_of(to)),
-            ])?;
+            self.blackhole("del", from, to)?;
         }
         for node in 1..=self.nodes as u64 {
             ip(&[
