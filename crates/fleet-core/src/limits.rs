@@ -18,6 +18,8 @@ pub const MAX_ACTOR_LEN: usize = 128;
 pub const MAX_REASON_LEN: usize = 1024;
 /// Most sites in one fleet.
 pub const MAX_SITES: usize = 1024;
+/// Most entries in a pipeline's wave order (sites, or values of the wave label).
+pub const MAX_WAVE_ORDER: usize = MAX_SITES;
 /// Most environments in the pipeline.
 pub const MAX_ENVIRONMENTS: usize = 16;
 /// Most clusters in one fleet.

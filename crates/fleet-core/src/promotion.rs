@@ -6,8 +6,8 @@ use crate::command::{Command, Context, Outcome};
 use crate::error::CoreError;
 use crate::model::Revision;
 use crate::rollout::{
-    self, MAX_FINISHED_ROLLOUTS_KEPT, MAX_FREEZES, MAX_REQUIRED_APPROVALS, Rollout, RolloutState,
-    RolloutStep, frozen, gate_failures, short,
+    self, MAX_FINISHED_ROLLOUTS_KEPT, MAX_FREEZES, Rollout, RolloutState, RolloutStep, frozen,
+    gate_failures, short,
 };
 use crate::state::State;
 use crate::validate;
@@ -237,23 +237,11 @@ impl State {
     ) -> Result<(), CoreError> {
         match command {
             Command::SetPipeline { workload, pipeline } => {
-                validate::dns_label("workload", workload)?;
                 self.require_workload(workload)?;
                 rollout::validate_pipeline(self, pipeline)
             }
-            Command::SetRequiredApprovals {
-                environment,
-                approvals,
-            } => {
-                self.require_environment(environment)?;
-                if *approvals > MAX_REQUIRED_APPROVALS {
-                    return Err(CoreError::invalid(
-                        "approvals",
-                        format!("{approvals} is over the limit of {MAX_REQUIRED_APPROVALS}"),
-                        "require fewer approvals",
-                    ));
-                }
-                Ok(())
+            Command::SetRequiredApprovals { environment, .. } => {
+                self.require_environment(environment).map(|_| ())
             }
             Command::Promote {
                 workload,
@@ -262,8 +250,6 @@ impl State {
                 allow_rejected,
                 override_freeze,
             } => {
-                validate::dns_label("workload", workload)?;
-                validate::dns_label("environment", environment)?;
                 let w = self.require_workload(workload)?;
                 self.require_environment(environment)?;
                 let previous = self.previous_environment(workload, environment)?;
@@ -391,24 +377,12 @@ impl State {
                 environment,
                 to,
             } => {
-                validate::dns_label("workload", workload)?;
                 self.require_environment(environment)?;
                 self.rollback_plan(workload, environment, to.as_deref())
                     .map(|_| ())
             }
-            Command::AddFreeze {
-                environment,
-                from_ms,
-                to_ms,
-            } => {
+            Command::AddFreeze { environment, .. } => {
                 self.require_environment(environment)?;
-                if from_ms >= to_ms {
-                    return Err(CoreError::invalid(
-                        "to",
-                        "is not after --from",
-                        "give a window that ends after it starts",
-                    ));
-                }
                 if self.freezes.len() >= MAX_FREEZES {
                     return Err(precondition(
                         format!("the fleet has {MAX_FREEZES} freeze windows, the limit"),

@@ -1,10 +1,240 @@
 //! Field validation. Each function names the field it checks in its error.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use crate::command::Command;
 use crate::error::CoreError;
 use crate::limits::*;
 use crate::model::{Revision, StatusReport};
+use crate::rollout::{MAX_REQUIRED_APPROVALS, MAX_SOAK_MS, Pipeline, UNREACHABLE_AFTER_MS};
+
+/// Everything about a command that does not depend on the state: who acts, the reason, and the
+/// names, formats and limits of the command's fields. The answer is the same on every node at
+/// every moment, so a node refuses on it at once, without a leader or a read barrier.
+/// [`crate::State::check`] runs it first, then checks the command against the state.
+pub fn command(command: &Command, actor: &str, reason: &str) -> Result<(), CoreError> {
+    if actor.is_empty() {
+        return Err(CoreError::invalid(
+            "actor",
+            "must not be empty",
+            "say who acts, e.g. with --as NAME",
+        ));
+    }
+    text("actor", actor, MAX_ACTOR_LEN)?;
+    text("reason", reason, MAX_REASON_LEN)?;
+    match command {
+        Command::AddSite { name } => dns_label("site", name),
+        Command::AddEnvironment { name } => dns_label("environment", name),
+        Command::RegisterCluster {
+            name,
+            site,
+            environment,
+            labels,
+        } => {
+            dns_label("name", name)?;
+            dns_label("site", site)?;
+            dns_label("environment", environment)?;
+            self::labels(labels)
+        }
+        Command::RemoveCluster { name } => dns_label("name", name),
+        Command::CreateWorkload {
+            name,
+            repo_url,
+            path_template,
+        } => {
+            dns_label("name", name)?;
+            self::repo_url(repo_url)?;
+            self::path_template(path_template)
+        }
+        Command::PublishRelease { workload, revision } => {
+            dns_label("workload", workload)?;
+            self::revision(revision).map(|_| ())
+        }
+        Command::RecordLeadershipHandover {
+            from_node,
+            to_node,
+            from_p99s_us,
+            ..
+        } => {
+            if from_node == to_node {
+                return Err(CoreError::invalid(
+                    "to_node",
+                    format!("leadership cannot move from node {from_node} to itself"),
+                    "name the node that took leadership",
+                ));
+            }
+            if from_p99s_us.len() > MAX_HANDOVER_FIGURES {
+                return Err(CoreError::invalid(
+                    "from_p99s_us",
+                    format!(
+                        "{} figures is over the limit of {MAX_HANDOVER_FIGURES}",
+                        from_p99s_us.len()
+                    ),
+                    "record the seconds that made the leader hand over, at most one minute",
+                ));
+            }
+            Ok(())
+        }
+        Command::RecordStatus { cluster, report } => {
+            dns_label("cluster", cluster)?;
+            status_report(report)
+        }
+        Command::SetPipeline { workload, pipeline } => {
+            dns_label("workload", workload)?;
+            self::pipeline(pipeline)
+        }
+        Command::SetRequiredApprovals {
+            environment,
+            approvals,
+        } => {
+            dns_label("environment", environment)?;
+            if *approvals > MAX_REQUIRED_APPROVALS {
+                return Err(CoreError::invalid(
+                    "approvals",
+                    format!("{approvals} is over the limit of {MAX_REQUIRED_APPROVALS}"),
+                    "require fewer approvals",
+                ));
+            }
+            Ok(())
+        }
+        Command::Promote {
+            workload,
+            environment,
+            revision,
+            ..
+        } => {
+            dns_label("workload", workload)?;
+            dns_label("environment", environment)?;
+            match revision {
+                Some(r) => revision_in("revision", r).map(|_| ()),
+                None => Ok(()),
+            }
+        }
+        Command::Approve {
+            workload,
+            environment,
+        }
+        | Command::PauseRollout {
+            workload,
+            environment,
+        }
+        | Command::ResumeRollout {
+            workload,
+            environment,
+        }
+        | Command::AbortRollout {
+            workload,
+            environment,
+        }
+        | Command::AdvanceRollout {
+            workload,
+            environment,
+            ..
+        } => {
+            dns_label("workload", workload)?;
+            dns_label("environment", environment)
+        }
+        Command::Rollback {
+            workload,
+            environment,
+            to,
+        } => {
+            dns_label("workload", workload)?;
+            dns_label("environment", environment)?;
+            match to {
+                Some(to) => revision_in("to", to).map(|_| ()),
+                None => Ok(()),
+            }
+        }
+        Command::AddFreeze {
+            environment,
+            from_ms,
+            to_ms,
+        } => {
+            dns_label("environment", environment)?;
+            if from_ms >= to_ms {
+                return Err(CoreError::invalid(
+                    "to",
+                    "is not after --from",
+                    "give a window that ends after it starts",
+                ));
+            }
+            Ok(())
+        }
+        Command::RemoveFreeze { .. } => Ok(()),
+    }
+}
+
+/// The shape of a pipeline; [`crate::rollout::validate_pipeline`] checks it against the fleet.
+pub fn pipeline(p: &Pipeline) -> Result<(), CoreError> {
+    if p.environments.is_empty() {
+        return Err(CoreError::invalid(
+            "environments",
+            "is empty",
+            "list the environments in order, e.g. --environments staging,production",
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for e in &p.environments {
+        dns_label("environments", e)?;
+        if !seen.insert(e) {
+            return Err(CoreError::invalid(
+                "environments",
+                format!("{e} is listed twice"),
+                "list each environment once",
+            ));
+        }
+    }
+    if p.soak_ms > MAX_SOAK_MS {
+        return Err(CoreError::invalid(
+            "soak",
+            format!("{} s is longer than 7 days", p.soak_ms / 1000),
+            "use a soak of at most 7d",
+        ));
+    }
+    if p.max_unavailable == 0 {
+        return Err(CoreError::invalid(
+            "max_unavailable",
+            "is 0, so no cluster could ever change",
+            "use 1 or more",
+        ));
+    }
+    if p.unreachable_timeout_ms < UNREACHABLE_AFTER_MS {
+        return Err(CoreError::invalid(
+            "unreachable_timeout",
+            format!(
+                "{} s is shorter than the {} s after which a cluster counts as unreachable",
+                p.unreachable_timeout_ms / 1000,
+                UNREACHABLE_AFTER_MS / 1000
+            ),
+            "use at least 2m",
+        ));
+    }
+    if p.wave_order.len() > MAX_WAVE_ORDER {
+        return Err(CoreError::invalid(
+            "wave_order",
+            format!(
+                "{} waves is over the limit of {MAX_WAVE_ORDER}",
+                p.wave_order.len()
+            ),
+            "list the waves that need an order; the rest follow in name order",
+        ));
+    }
+    let mut waves = BTreeSet::new();
+    for s in &p.wave_order {
+        if !waves.insert(s) {
+            return Err(CoreError::invalid(
+                "wave_order",
+                format!("{s} is listed twice"),
+                "list each wave once",
+            ));
+        }
+    }
+    if let Some(label) = &p.wave_label {
+        labels(&BTreeMap::from([(label.clone(), String::new())]))?;
+    }
+    Ok(())
+}
 
 /// A DNS-1123 label: 1..=63 of `[a-z0-9-]`, starting and ending with a letter or digit.
 pub fn dns_label(field: &str, value: &str) -> Result<(), CoreError> {

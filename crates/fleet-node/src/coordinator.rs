@@ -152,6 +152,9 @@ impl Coordinator {
         actor: String,
         reason: String,
     ) -> Result<(u64, Outcome), NodeError> {
+        // Malformed input is refused here, whatever the state and whether or not there is a
+        // leader: the same answer the leader would give, without waiting for one.
+        fleet_core::validate::command(&command, &actor, &reason)?;
         let started = Instant::now();
         let forwarded = ForwardedWrite {
             command,
@@ -230,8 +233,12 @@ impl Coordinator {
                 reason: write.reason.clone(),
             },
         };
+        if let Err(e) = fleet_core::validate::command(&write.command, &write.actor, &write.reason) {
+            return Ok(Err(e.into()));
+        }
         // Refuse bad input before it reaches the log; apply checks again, deterministically.
-        // This node's applied state may be behind: a new leader that has not yet applied its
+        // State-free checks passed above; those against the state remain. This node's applied
+        // state may be behind: a new leader that has not yet applied its
         // predecessor's entries, or a deposed leader that does not know it yet. A refusal read
         // from it ("not found", "already exists") would then answer from the past, so it is
         // confirmed after a read barrier; passing checks need no barrier, as apply decides.

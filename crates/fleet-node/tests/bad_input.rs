@@ -219,3 +219,36 @@ async fn concurrent_duplicate_registrations_admit_exactly_one() {
         "exactly one registration of the same name is admitted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_is_refused_by_a_node_that_has_lost_its_quorum() {
+    let mut cluster = ProcessCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let survivor = cluster.others(leader)[0];
+    let mut c = client(&cluster.address(survivor)).await;
+    add_site(&mut c, "oslo").await.unwrap();
+    for id in [1, 2, 3] {
+        if id != survivor {
+            cluster.node(id).kill();
+        }
+    }
+    // Malformed fields do not depend on the state: refused as such, with no leader to ask.
+    assert_refused(
+        register(&mut c, "Web_1", "oslo").await,
+        Code::InvalidArgument,
+        &["name", "Web_1"],
+    );
+    let r = c
+        .publish_release(PublishReleaseRequest {
+            workload: "web".into(),
+            revision: "main".into(),
+            reason: String::new(),
+        })
+        .await;
+    assert_refused(r, Code::InvalidArgument, &["revision", "40 hex"]);
+    // A well-formed write needs the leader, and there is none.
+    let status = register(&mut c, "web-1", "oslo")
+        .await
+        .expect_err("no write can be committed without a quorum");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
