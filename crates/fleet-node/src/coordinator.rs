@@ -220,7 +220,7 @@ impl Coordinator {
     }
 
     /// Proposes a write on this node, which believes it leads. `Err(NotLeader)` when it does
-    /// not (nothing was appended).
+    /// not (nothing was appended). The caller has validated it with `validate::command`.
     pub async fn write_as_leader(
         &self,
         write: &ForwardedWrite,
@@ -233,13 +233,10 @@ impl Coordinator {
                 reason: write.reason.clone(),
             },
         };
-        if let Err(e) = fleet_core::validate::command(&write.command, &write.actor, &write.reason) {
-            return Ok(Err(e.into()));
-        }
         // Refuse bad input before it reaches the log; apply checks again, deterministically.
-        // State-free checks passed above; those against the state remain. This node's applied
-        // state may be behind: a new leader that has not yet applied its
-        // predecessor's entries, or a deposed leader that does not know it yet. A refusal read
+        // Callers have run the state-free checks (`validate::command`); those against the state
+        // remain. This node's applied state may be behind: a new leader that has not yet applied
+        // its predecessor's entries, or a deposed leader that does not know it yet. A refusal read
         // from it ("not found", "already exists") would then answer from the past, so it is
         // confirmed after a read barrier; passing checks need no barrier, as apply decides.
         if self

@@ -598,6 +598,12 @@ impl RaftService for RaftApi {
 
     async fn propose(&self, request: Request<RaftPayload>) -> Reply<RaftPayload> {
         let write: ForwardedWrite = decode(request.get_ref())?;
+        if let Err(refusal) =
+            fleet_core::validate::command(&write.command, &write.actor, &write.reason)
+        {
+            let reply: ForwardedReply = Err(refusal);
+            return Ok(encode(&reply));
+        }
         match self.0.write_as_leader(&write).await {
             Ok(result) => {
                 let reply: ForwardedReply = match result {
