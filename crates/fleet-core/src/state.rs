@@ -123,10 +123,18 @@ impl Default for State {
 }
 
 impl State {
-    /// Checks a command against the current state without changing anything. `apply` runs the
-    /// same checks; this lets a node refuse bad input before it reaches the log.
+    /// Checks a command without changing anything: `validate::command`, then
+    /// [`State::check_against_state`]. `apply` runs the same checks; this lets a node refuse bad
+    /// input before it reaches the log.
     pub fn check(&self, command: &Command, ctx: &Context) -> Result<(), CoreError> {
         validate::command(command, &ctx.actor, &ctx.reason)?;
+        self.check_against_state(command, ctx)
+    }
+
+    /// The checks of [`State::check`] that need the state, for a command that already passed
+    /// `validate::command`. A node whose state may lag confirms a refusal from these, and only
+    /// these, after a read barrier.
+    pub fn check_against_state(&self, command: &Command, ctx: &Context) -> Result<(), CoreError> {
         match command {
             Command::AddSite { name } => {
                 if self.sites.contains_key(name) {

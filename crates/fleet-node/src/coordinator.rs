@@ -240,14 +240,15 @@ impl Coordinator {
         // from it ("not found", "already exists") would then answer from the past, so it is
         // confirmed after a read barrier; passing checks need no barrier, as apply decides.
         if self
-            .read_state(|s| s.check(&item.command, &item.context))
+            .read_state(|s| s.check_against_state(&item.command, &item.context))
             .is_err()
         {
             if let Err(e) = self.raft.ensure_linearizable().await {
                 tracing::debug!(error = %e, "could not confirm leadership for a refusal");
                 return Err(NotLeader);
             }
-            if let Err(e) = self.read_state(|s| s.check(&item.command, &item.context)) {
+            if let Err(e) = self.read_state(|s| s.check_against_state(&item.command, &item.context))
+            {
                 return Ok(Err(e.into()));
             }
         }

@@ -471,10 +471,14 @@ impl AgentService for AgentApi {
                 cluster: r.cluster.clone(),
                 report: report.clone(),
             };
-            // Checked here too, so a bad heartbeat is refused even when nothing is committed;
-            // a refusal from this node's state (which may lag) only after a read barrier.
+            // Checked here too, so a bad heartbeat is refused even when nothing is committed:
+            // malformed at once; a refusal from this node's state (which may lag) only after a
+            // read barrier.
+            let context = heartbeat_context(&r.cluster, now);
+            fleet_core::validate::command(&command, &context.actor, &context.reason)
+                .map_err(NodeError::from)?;
             let verdict = |s: &fleet_core::State| {
-                s.check(&command, &heartbeat_context(&r.cluster, now))?;
+                s.check_against_state(&command, &context)?;
                 Ok::<_, fleet_core::CoreError>(s.report_needs_commit(&r.cluster, &report, now))
             };
             let mut needs_commit = self.0.read_state(verdict);
