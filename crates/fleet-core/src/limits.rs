@@ -46,3 +46,6 @@ pub const STATUS_REFRESH_MS: u64 = 60_000;
 /// Assignment changes kept per cluster for `fleet-ctl history` (older ones stay in the audit
 /// log).
 pub const MAX_ASSIGNMENT_CHANGES_KEPT: usize = 500;
+/// Most symlinks one path resolution may pass through before it is refused as a loop: Linux's
+/// `MAXSYMLINKS` (include/linux/namei.h), so fleet refuses exactly what the kernel would.
+pub const MAX_SYMLINK_FOLLOWS: usize = 40;

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::CoreError;
 use crate::model::HealthState;
-use crate::render::Render;
+use crate::render::{Render, RenderPath};
 
 /// Most objects one workload may hold.
 pub const MAX_MANIFEST_OBJECTS: usize = 10_000;
@@ -67,17 +67,19 @@ pub struct Manifest {
 }
 
 /// True for the files the Kubernetes target reads as manifests.
-pub fn is_manifest_path(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    !KUSTOMIZATION_FILES.contains(&name)
+pub fn is_manifest_path(path: &RenderPath) -> bool {
+    let name = path.file_name();
+    !KUSTOMIZATION_FILES.iter().any(|k| k.as_bytes() == name)
         && [".yaml", ".yml", ".json"]
             .iter()
-            .any(|ext| name.ends_with(ext))
+            .any(|ext| name.ends_with(ext.as_bytes()))
 }
 
 /// True when the render is a Kustomize build (a kustomization file at its root).
 pub fn is_kustomization(render: &Render) -> bool {
-    KUSTOMIZATION_FILES.iter().any(|f| render.contains_key(*f))
+    KUSTOMIZATION_FILES
+        .iter()
+        .any(|f| render.contains_key(&RenderPath::from(*f)))
 }
 
 fn refused(source: &str, message: impl Into<String>, hint: &str) -> CoreError {
@@ -90,9 +92,10 @@ fn refused(source: &str, message: impl Into<String>, hint: &str) -> CoreError {
 pub fn parse_render(render: &Render) -> Result<Vec<Manifest>, CoreError> {
     let mut all = Vec::new();
     for (path, (_, content)) in render.iter().filter(|(p, _)| is_manifest_path(p)) {
+        let path = path.to_string();
         let text = std::str::from_utf8(content)
-            .map_err(|_| refused(path, "is not UTF-8", "save the file as UTF-8"))?;
-        all.extend(parse_documents(path, text)?);
+            .map_err(|_| refused(&path, "is not UTF-8", "save the file as UTF-8"))?;
+        all.extend(parse_documents(&path, text)?);
     }
     finish(all)
 }
@@ -485,7 +488,12 @@ mod tests {
     fn render(files: &[(&str, &str)]) -> Render {
         files
             .iter()
-            .map(|(p, c)| (p.to_string(), (FileKind::Regular, c.as_bytes().to_vec())))
+            .map(|(p, c)| {
+                (
+                    RenderPath::from(*p),
+                    (FileKind::Regular, c.as_bytes().to_vec()),
+                )
+            })
             .collect()
     }
 

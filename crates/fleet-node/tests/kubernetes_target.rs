@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use fleet_core::HealthState;
-use fleet_core::render::{FileKind, Render};
+use fleet_core::render::{FileKind, Render, RenderPath};
 use fleet_node::agent::kubernetes::{FIELD_MANAGER, KubeTarget};
 use fleet_node::agent::{AppliedObject, TargetOutcome};
 use http::{Request, Response, StatusCode};
@@ -160,7 +160,12 @@ fn start() -> (kube::Client, Server) {
 fn render(files: &[(&str, &str)]) -> Render {
     files
         .iter()
-        .map(|(p, c)| (p.to_string(), (FileKind::Regular, c.as_bytes().to_vec())))
+        .map(|(p, c)| {
+            (
+                RenderPath::from(*p),
+                (FileKind::Regular, c.as_bytes().to_vec()),
+            )
+        })
         .collect()
 }
 

@@ -4,7 +4,7 @@
 //! | path | content |
 //! |---|---|
 //! | `assignments.json` | the newest assignment set received, with its version |
-//! | `renders/<workload>.json` | revision, render hash and `path → (kind, SHA-256)` of the last good render |
+//! | `renders/<workload>.json` | revision, render hash and a list of `[path, kind, SHA-256]` of the last good render |
 //! | `objects/<sha256>` | file contents, by digest |
 //! | `inventory/<workload>.json` | paths the files target owns (see [`super::files`]) |
 //! | `git/<digest of URL>/` | the bare repository cache (see [`super::git`]) |
@@ -17,7 +17,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fleet_core::render::{FileKind, Render, render_hash};
+use fleet_core::render::{FileKind, Render, RenderPath, render_hash};
 use fleet_core::{Assignment, Revision};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -45,7 +45,28 @@ pub struct CachedRender {
 struct Manifest {
     revision: Revision,
     hash: String,
-    files: BTreeMap<String, (FileKind, String)>,
+    files: ManifestFiles,
+}
+
+/// `path → (kind, SHA-256 of the content)`. Written as a list, since a path that is not UTF-8
+/// cannot be a JSON object key; the object form of earlier agents is still read.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum ManifestFiles {
+    List(Vec<(RenderPath, FileKind, String)>),
+    Object(BTreeMap<String, (FileKind, String)>),
+}
+
+impl ManifestFiles {
+    fn into_entries(self) -> Vec<(RenderPath, FileKind, String)> {
+        match self {
+            ManifestFiles::List(entries) => entries,
+            ManifestFiles::Object(map) => map
+                .into_iter()
+                .map(|(path, (kind, digest))| (path.into(), kind, digest))
+                .collect(),
+        }
+    }
 }
 
 pub struct Cache {
@@ -100,7 +121,7 @@ impl Cache {
             return Ok(None);
         };
         let mut render = Render::new();
-        for (path, (kind, digest)) in manifest.files {
+        for (path, kind, digest) in manifest.files.into_entries() {
             let object = self.dir.join("objects").join(&digest);
             let content = fs::read(&object).map_err(|e| cache_error("read", &object, e))?;
             render.insert(path, (kind, content));
@@ -119,19 +140,19 @@ impl Cache {
     }
 
     pub fn save_render(&self, workload: &str, cached: &CachedRender) -> Result<(), AgentError> {
-        let mut files = BTreeMap::new();
+        let mut files = Vec::with_capacity(cached.render.len());
         for (path, (kind, content)) in cached.render.iter() {
             let digest = hex::encode(Sha256::digest(content));
             let object = self.dir.join("objects").join(&digest);
             if !object.exists() {
                 write_atomic(&object, content, FileKind::Regular)?;
             }
-            files.insert(path.clone(), (*kind, digest));
+            files.push((path.clone(), *kind, digest));
         }
         let manifest = Manifest {
             revision: cached.revision.clone(),
             hash: cached.hash.clone(),
-            files,
+            files: ManifestFiles::List(files),
         };
         let bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
         write_atomic(&self.manifest_path(workload), &bytes, FileKind::Regular)

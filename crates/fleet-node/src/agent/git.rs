@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use fleet_core::render::{
-    FileKind, MAX_RENDER_BYTES, MAX_RENDER_FILE_BYTES, MAX_RENDER_FILES, Render,
+    FileKind, MAX_RENDER_BYTES, MAX_RENDER_FILE_BYTES, MAX_RENDER_FILES, Render, RenderPath,
 };
 use gix::ObjectId;
 use sha2::{Digest, Sha256};
@@ -124,16 +124,12 @@ fn read_tree(repo: &gix::Repository, id: ObjectId, path: &str) -> Result<Render,
     };
     let mut render = Render::new();
     let mut total = 0u64;
-    let mut pending = vec![(String::new(), tree)];
+    let mut pending = vec![(RenderPath::new(Vec::new()), tree)];
     while let Some((prefix, tree)) = pending.pop() {
         for entry in tree.iter() {
             let entry = entry.map_err(|e| failed(&e))?;
-            let name = entry.filename().to_string();
-            let full = if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
-            };
+            // Names are bytes in the tree and stay bytes: never decoded, never replaced.
+            let full = prefix.join(entry.filename());
             let mode = entry.mode();
             if mode.is_tree() {
                 let sub = entry
@@ -145,8 +141,12 @@ fn read_tree(repo: &gix::Repository, id: ObjectId, path: &str) -> Result<Render,
                 continue;
             }
             if mode.is_commit() {
-                // A submodule: its content is not in this repository.
-                continue;
+                // A submodule: its content is in another repository, which is not fetched.
+                return Err(AgentError::Refused(format!(
+                    "{full:?} at commit {id} is a submodule (a gitlink to commit {}); \
+                     submodules are not fetched, so the revision cannot be applied as it is",
+                    entry.oid()
+                )));
             }
             let kind = if mode.is_link() {
                 FileKind::Symlink

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fleet_core::render::{FileKind, MAX_RENDER_FILE_BYTES, Render};
+use fleet_core::render::{FileKind, MAX_RENDER_FILE_BYTES, Render, RenderPath};
 
 use super::AgentError;
 
@@ -55,13 +55,13 @@ fn write_tree(tree: &Render, root: &Path) -> Result<(), AgentError> {
         AgentError::Target(format!("write {} for kustomize: {e}", p.display()))
     };
     for (path, (kind, content)) in tree {
-        let file = root.join(path);
+        use std::os::unix::ffi::OsStrExt;
+        let file = root.join(std::ffi::OsStr::from_bytes(path.as_bytes()));
         if let Some(parent) = file.parent() {
             std::fs::create_dir_all(parent).map_err(|e| failed(parent, e))?;
         }
         match kind {
             FileKind::Symlink => {
-                use std::os::unix::ffi::OsStrExt;
                 std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(content), &file)
                     .map_err(|e| failed(&file, e))?;
             }
@@ -130,7 +130,7 @@ pub fn build(tree: &Render, path: &str) -> Result<Render, AgentError> {
         )));
     }
     Ok(Render::from([(
-        BUILD_FILE.to_string(),
+        RenderPath::from(BUILD_FILE),
         (FileKind::Regular, out),
     )]))
 }
@@ -144,7 +144,12 @@ mod tests {
     fn tree(files: &[(&str, &str)]) -> Render {
         files
             .iter()
-            .map(|(p, c)| (p.to_string(), (FileKind::Regular, c.as_bytes().to_vec())))
+            .map(|(p, c)| {
+                (
+                    RenderPath::from(*p),
+                    (FileKind::Regular, c.as_bytes().to_vec()),
+                )
+            })
             .collect()
     }
 
@@ -165,8 +170,9 @@ mod tests {
             "bases:\n- ../../base\nnamePrefix: prod-\ncommonLabels:\n  env: production\n",
         ));
         let built = build(&tree(&files), "overlays/production").unwrap();
-        assert_eq!(built.keys().collect::<Vec<_>>(), [BUILD_FILE]);
-        let text = std::str::from_utf8(&built[BUILD_FILE].1).unwrap();
+        let build_file = RenderPath::from(BUILD_FILE);
+        assert_eq!(built.keys().collect::<Vec<_>>(), [&build_file]);
+        let text = std::str::from_utf8(&built[&build_file].1).unwrap();
         let objects = fleet_core::manifest::parse_documents(BUILD_FILE, text).unwrap();
         assert_eq!(objects.len(), 1, "{text}");
         assert_eq!(objects[0].id.to_string(), "Deployment/prod-web");

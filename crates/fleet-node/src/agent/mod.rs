@@ -27,8 +27,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_core::limits::{MAX_OBJECT_MESSAGE_LEN, MAX_REPORT_OBJECTS, MAX_STATUS_ERROR_LEN};
-use fleet_core::render::{check_render, render_hash};
+use fleet_core::limits::{
+    MAX_OBJECT_MESSAGE_LEN, MAX_OBJECT_NAME_LEN, MAX_REPORT_OBJECTS, MAX_STATUS_ERROR_LEN,
+};
+use fleet_core::render::{RenderPath, check_render, render_hash};
 use fleet_core::{Assignment, HealthState, ObjectStatus, StatusReport, SyncState};
 use thiserror::Error;
 use tokio::sync::watch;
@@ -120,19 +122,19 @@ impl Target {
                 let applied = tokio::task::spawn_blocking(move || files.apply(&name, &render))
                     .await
                     .unwrap_or_else(|e| Err(AgentError::Target(format!("apply panicked: {e}"))))?;
-                let written: BTreeSet<&String> = applied.written.iter().collect();
+                let written: BTreeSet<&RenderPath> = applied.written.iter().collect();
                 Ok(TargetOutcome {
                     objects: cached
                         .render
                         .keys()
                         .map(|path| AppliedObject {
-                            name: path.clone(),
+                            name: path.to_string(),
                             written: written.contains(path),
                             health: HealthState::Healthy,
                             message: String::new(),
                         })
                         .collect(),
-                    removed: applied.removed,
+                    removed: applied.removed.iter().map(ToString::to_string).collect(),
                     error: None,
                 })
             }
@@ -159,6 +161,7 @@ impl Target {
                 tokio::task::spawn_blocking(move || files.forget(&name))
                     .await
                     .unwrap_or_else(|e| Err(AgentError::Target(format!("pruning panicked: {e}"))))
+                    .map(|removed| removed.iter().map(ToString::to_string).collect())
             }
             Target::Kubernetes(kube) => kube.forget(workload).await,
         }
@@ -452,14 +455,25 @@ fn render_revision(
         &assignment.revision.0,
         &assignment.path,
     );
-    let render = git.render(url, rev, path)?;
-    check_render(&render).map_err(|e| AgentError::Refused(e.to_string()))?;
+    let render = render_checked(git, url, rev, path)?;
     if !(kubernetes && fleet_core::manifest::is_kustomization(&render)) {
         return Ok(render);
     }
-    let tree = git.render(url, rev, "")?;
-    check_render(&tree).map_err(|e| AgentError::Refused(e.to_string()))?;
+    let tree = render_checked(git, url, rev, "")?;
     kustomize::build(&tree, path)
+}
+
+/// The files under `path` at `revision` of `url` (fetched if not cached), refused unless
+/// [`check_render`] passes: what every target starts from.
+pub fn render_checked(
+    git: &GitCache,
+    url: &str,
+    revision: &str,
+    path: &str,
+) -> Result<fleet_core::render::Render, AgentError> {
+    let render = git.render(url, revision, path)?;
+    check_render(&render).map_err(|e| AgentError::Refused(e.to_string()))?;
+    Ok(render)
 }
 
 /// One workload, one pass: fetch and render if the revision changed, then apply (repairing
@@ -580,6 +594,7 @@ async fn reconcile_workload(
     let omitted = objects.len().saturating_sub(MAX_REPORT_OBJECTS);
     objects.truncate(MAX_REPORT_OBJECTS);
     for o in &mut objects {
+        o.name = truncate(&o.name, MAX_OBJECT_NAME_LEN);
         o.message = truncate(&o.message, MAX_OBJECT_MESSAGE_LEN);
     }
     let sync = match (&error, applied_revision.is_empty()) {
