@@ -17,6 +17,7 @@ pub mod render;
 pub mod rollout;
 pub mod state;
 pub mod validate;
+pub mod yaml;
 
 pub use audit::{AuditEvent, AuditVerifyError};
 pub use command::{Command, Context, Outcome};

@@ -49,3 +49,6 @@ pub const MAX_ASSIGNMENT_CHANGES_KEPT: usize = 500;
 /// Most symlinks one path resolution may pass through before it is refused as a loop: Linux's
 /// `MAXSYMLINKS` (include/linux/namei.h), so fleet refuses exactly what the kernel would.
 pub const MAX_SYMLINK_FOLLOWS: usize = 40;
+/// Most YAML nodes one manifest file may expand to, aliases included: a bound on "billion
+/// laughs" documents.
+pub const MAX_YAML_NODES: usize = 1_000_000;

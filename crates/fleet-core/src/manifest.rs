@@ -113,13 +113,26 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Manifest>, CoreEr
             )
         })?]
     } else {
-        serde_saphyr::from_multiple(text).map_err(|e| {
-            refused(
-                source,
-                format!("is not valid YAML: {e}"),
-                "fix the YAML syntax",
-            )
-        })?
+        crate::yaml::documents(text)
+            .map_err(|e| {
+                refused(
+                    &format!("{source} line {}", e.line),
+                    format!(
+                        "is not valid YAML (read as kubectl reads it): {}{}",
+                        if e.field.is_empty() {
+                            String::new()
+                        } else {
+                            format!("field {}: ", e.field)
+                        },
+                        e.message
+                    ),
+                    "fix the YAML at that line",
+                )
+            })?
+            .into_iter()
+            .map(|(value, _)| value)
+            .filter(|value| !value.is_null())
+            .collect()
     };
     let mut out = Vec::new();
     let several = documents.len() > 1;

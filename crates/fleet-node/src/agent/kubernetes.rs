@@ -6,7 +6,7 @@
 //! widened before an object is applied and narrowed after pruning, so a crash between the two
 //! never forgets an object it created.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -17,7 +17,9 @@ use fleet_core::{HealthState, render::Render};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::files::write_atomic;
 use super::{AgentError, AppliedObject, TargetOutcome};
@@ -36,10 +38,125 @@ pub struct KubeTarget {
     /// Discovery results by `(apiVersion, kind)`; only successes are kept, so a kind whose CRD
     /// is applied in the same pass resolves on a later one.
     kinds: Mutex<HashMap<(String, String), (ApiResource, ApiCapabilities)>>,
-    /// Per workload and object: the fingerprint of what the last apply returned.
-    applied: Mutex<HashMap<(String, ObjectRef), String>>,
+    /// `STATE/kubernetes-applied/`: per workload, what was last applied ([`AppliedRecords`]).
+    records_dir: PathBuf,
     /// Per workload: the render hash and its parsed manifests.
     parsed: Mutex<HashMap<String, Parsed>>,
+}
+
+/// Why an object is applied in this pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApplyReason {
+    /// Never applied by this agent (or its records were lost).
+    New,
+    /// Its desired body differs from the one last applied: Git changed it.
+    Changed,
+    /// The live object differs from what the last apply returned, or is gone.
+    Drift,
+}
+
+/// One object of a pass, resolved and read.
+struct Planned {
+    /// Its place in the manifests.
+    index: usize,
+    api: Api<DynamicObject>,
+    /// With its namespace defaulted.
+    id: ObjectRef,
+    /// What is sent: the manifest with the ownership labels and the namespace.
+    body: Value,
+    digest: String,
+    live: Option<Value>,
+    /// `None`: the live object is what was last applied, nothing to send.
+    reason: Option<ApplyReason>,
+}
+
+/// What was last applied for one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRecord {
+    /// SHA-256 of the JSON body sent.
+    pub body_sha256: String,
+    /// [`fingerprint`] of the object the server returned.
+    pub fingerprint: String,
+}
+
+/// What was last applied for one workload, as kept in `STATE/kubernetes-applied/<workload>.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedRecords {
+    /// The render hash of the last revision applied whole; a new one is dry-run first.
+    pub render_hash: String,
+    pub objects: BTreeMap<ObjectRef, AppliedRecord>,
+}
+
+/// The file form: a list, since an object reference is not a JSON key.
+#[derive(Serialize, Deserialize)]
+struct StoredRecords {
+    render_hash: String,
+    objects: Vec<(ObjectRef, AppliedRecord)>,
+}
+
+/// SHA-256 of a body as JSON (object keys in a fixed order, so the same body always has the
+/// same digest).
+fn body_digest(body: &Value) -> String {
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(body).expect("a body serialises"),
+    ))
+}
+
+/// The workload whose ownership label is on a live object.
+fn owner_of(live: &Value) -> Option<&str> {
+    live.pointer("/metadata/labels")
+        .and_then(|labels| labels.get(manifest::OWNER_LABEL))
+        .and_then(Value::as_str)
+        .filter(|owner| !owner.is_empty())
+}
+
+/// Why one object stops its revision.
+struct Refusal {
+    /// Its place in the manifests.
+    index: usize,
+    /// The object, its namespace defaulted where it was resolved.
+    object: String,
+    why: String,
+}
+
+/// True when a CustomResourceDefinition among `manifests` defines the kind of `id`.
+fn defined_by_crd(manifests: &[Manifest], id: &ObjectRef) -> bool {
+    let (group, _) = id.group_version();
+    manifests.iter().any(|m| {
+        m.id.kind == "CustomResourceDefinition"
+            && m.body.pointer("/spec/group").and_then(Value::as_str) == Some(group)
+            && m.body.pointer("/spec/names/kind").and_then(Value::as_str) == Some(&id.kind)
+    })
+}
+
+/// A revision refused before anything was sent: every object listed, the refused ones with
+/// their reason.
+fn refused(
+    mut outcome: TargetOutcome,
+    manifests: &[Manifest],
+    refusals: Vec<Refusal>,
+) -> TargetOutcome {
+    for (index, m) in manifests.iter().enumerate() {
+        let refusal = refusals.iter().find(|r| r.index == index);
+        outcome.objects.push(AppliedObject {
+            name: refusal.map_or_else(|| m.id.to_string(), |r| r.object.clone()),
+            written: false,
+            health: HealthState::Unknown,
+            message: refusal.map_or_else(
+                || "not applied: the revision was refused".to_string(),
+                |r| r.why.clone(),
+            ),
+        });
+    }
+    let first = &refusals[0];
+    outcome.error = Some(format!(
+        "nothing applied: {} of {} objects refused; first: {} {}",
+        refusals.len(),
+        manifests.len(),
+        first.object,
+        first.why
+    ));
+    outcome
 }
 
 fn kube_error(what: &str, id: &impl std::fmt::Display, e: kube::Error) -> AgentError {
@@ -63,7 +180,7 @@ impl KubeTarget {
             client,
             inventory_dir: state_dir.join("kubernetes-inventory"),
             kinds: Mutex::default(),
-            applied: Mutex::default(),
+            records_dir: state_dir.join("kubernetes-applied"),
             parsed: Mutex::default(),
         }
     }
@@ -98,6 +215,45 @@ impl KubeTarget {
         })?;
         let bytes = serde_json::to_vec(refs).expect("object refs serialise");
         write_atomic(&path, &bytes, FileKind::Regular)
+    }
+
+    fn records_path(&self, workload: &str) -> PathBuf {
+        self.records_dir.join(format!("{workload}.json"))
+    }
+
+    /// What was last applied for `workload`: per object the digest of the body sent and the
+    /// fingerprint of what the server returned, and the render applied whole last.
+    pub fn records(&self, workload: &str) -> Result<AppliedRecords, AgentError> {
+        let path = self.records_path(workload);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let stored: StoredRecords = serde_json::from_slice(&bytes).map_err(|e| {
+                    AgentError::Target(format!("applied records {}: {e}", path.display()))
+                })?;
+                Ok(AppliedRecords {
+                    render_hash: stored.render_hash,
+                    objects: stored.objects.into_iter().collect(),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AppliedRecords::default()),
+            Err(e) => Err(AgentError::Target(format!("read {}: {e}", path.display()))),
+        }
+    }
+
+    fn save_records(&self, workload: &str, records: &AppliedRecords) -> Result<(), AgentError> {
+        std::fs::create_dir_all(&self.records_dir).map_err(|e| {
+            AgentError::Target(format!("create {}: {e}", self.records_dir.display()))
+        })?;
+        let stored = StoredRecords {
+            render_hash: records.render_hash.clone(),
+            objects: records
+                .objects
+                .iter()
+                .map(|(id, r)| (id.clone(), r.clone()))
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&stored).expect("records serialise");
+        write_atomic(&self.records_path(workload), &bytes, FileKind::Regular)
     }
 
     /// The workloads with an inventory.
@@ -178,9 +334,19 @@ impl KubeTarget {
         }
     }
 
-    /// One pass for a workload: apply what is missing or drifted, then prune what left Git.
-    /// Objects that fail are reported and the others still applied; nothing is pruned after a
-    /// failure, so a half-applied revision never deletes what the previous one needs.
+    /// One pass for a workload, all or nothing across its objects:
+    ///
+    /// 1. Every object is resolved (its API, its namespace defaulted) and read. The revision is
+    ///    refused, with nothing sent, when an object is declared twice (compared by group,
+    ///    kind, namespace and name after defaulting) or carries another workload's ownership
+    ///    label (the owner is the workload whose label is on the live object).
+    /// 2. An object is applied when its desired body differs from the one last applied (kept
+    ///    in the state directory, so a restart changes nothing), or when the live object
+    ///    drifted from what that apply returned, or is gone.
+    /// 3. When the revision has not been applied whole before, every object to apply is first
+    ///    sent as a server-side apply with `dryRun=All`; one refusal and nothing is applied.
+    /// 4. The objects are applied for real; only after all succeeded are objects that left Git
+    ///    pruned.
     pub async fn apply(
         &self,
         workload: &str,
@@ -188,19 +354,32 @@ impl KubeTarget {
         render: &Render,
     ) -> Result<TargetOutcome, AgentError> {
         let manifests = self.manifests(workload, hash, render)?;
-        let mut inventory = self.inventory(workload)?;
+        let mut records = self.records(workload)?;
         let mut outcome = TargetOutcome::default();
-        let mut desired = BTreeSet::new();
+        let (plans, deferred, refusals) = self.plan(workload, &manifests, &records).await?;
+        if !refusals.is_empty() {
+            return Ok(refused(outcome, &manifests, refusals));
+        }
+        let to_apply: Vec<&Planned> = plans.iter().filter(|p| p.reason.is_some()).collect();
+        if records.render_hash != hash && !to_apply.is_empty() {
+            let refusals = self.dry_run(workload, &to_apply, &manifests).await;
+            if !refusals.is_empty() {
+                return Ok(refused(outcome, &manifests, refusals));
+            }
+        }
+        let mut inventory = self.inventory(workload)?;
         let mut failures = Vec::new();
-        for m in manifests.iter() {
-            match self.apply_one(workload, m, &mut inventory).await {
-                Ok((id, object)) => {
-                    desired.insert(id);
-                    outcome.objects.push(object);
-                }
+        let mut desired = BTreeSet::new();
+        for plan in &plans {
+            desired.insert(plan.id.clone());
+            match self
+                .apply_planned(workload, plan, &mut inventory, &mut records)
+                .await
+            {
+                Ok(object) => outcome.objects.push(object),
                 Err(e) => {
                     outcome.objects.push(AppliedObject {
-                        name: m.id.to_string(),
+                        name: plan.id.to_string(),
                         written: false,
                         health: HealthState::Unknown,
                         message: e.to_string(),
@@ -209,7 +388,37 @@ impl KubeTarget {
                 }
             }
         }
+        // Custom resources whose definition this pass applied: served now, or on a later pass.
+        for index in deferred {
+            let m = &manifests[index];
+            let result = match self.plan_one(workload, index, m, &records).await? {
+                Ok(plan) => {
+                    desired.insert(plan.id.clone());
+                    self.apply_planned(workload, &plan, &mut inventory, &mut records)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Err(refusal) => Err(format!(
+                    "waiting for its CustomResourceDefinition to be served: {}",
+                    refusal.why
+                )),
+            };
+            match result {
+                Ok(object) => outcome.objects.push(object),
+                Err(e) => {
+                    desired.insert(m.id.clone());
+                    outcome.objects.push(AppliedObject {
+                        name: m.id.to_string(),
+                        written: false,
+                        health: HealthState::Progressing,
+                        message: e.clone(),
+                    });
+                    failures.push(format!("{}: {e}", m.id));
+                }
+            }
+        }
         if let Some(first) = failures.first() {
+            self.save_records(workload, &records)?;
             outcome.error = Some(format!(
                 "{} of {} objects failed; first: {first}",
                 failures.len(),
@@ -217,6 +426,9 @@ impl KubeTarget {
             ));
             return Ok(outcome);
         }
+        records.render_hash = hash.to_string();
+        records.objects.retain(|id, _| desired.contains(id));
+        self.save_records(workload, &records)?;
         for id in inventory.difference(&desired).cloned().collect::<Vec<_>>() {
             match self.prune_one(workload, &id).await {
                 Ok(deleted) => {
@@ -234,63 +446,191 @@ impl KubeTarget {
         Ok(outcome)
     }
 
-    async fn apply_one(
+    /// Resolves and reads every object and decides what to do with it. Returns the plans, the
+    /// objects whose kind a CustomResourceDefinition of this revision defines but the server
+    /// does not serve yet (planned again once the rest is applied), and the refusals that
+    /// stop the whole revision.
+    async fn plan(
         &self,
         workload: &str,
+        manifests: &[Manifest],
+        records: &AppliedRecords,
+    ) -> Result<(Vec<Planned>, Vec<usize>, Vec<Refusal>), AgentError> {
+        let mut plans = Vec::new();
+        let mut deferred = Vec::new();
+        let mut refusals = Vec::new();
+        let mut seen: HashMap<(String, String, String, String), &str> = HashMap::new();
+        for (index, m) in manifests.iter().enumerate() {
+            let plan = match self.plan_one(workload, index, m, records).await? {
+                Ok(plan) => plan,
+                Err(_) if defined_by_crd(manifests, &m.id) => {
+                    deferred.push(index);
+                    continue;
+                }
+                Err(refusal) => {
+                    refusals.push(refusal);
+                    continue;
+                }
+            };
+            let (group, _) = plan.id.group_version();
+            let key = (
+                group.to_string(),
+                plan.id.kind.clone(),
+                plan.id.namespace.clone(),
+                plan.id.name.clone(),
+            );
+            if let Some(first) = seen.insert(key, &m.source) {
+                refusals.push(Refusal {
+                    index,
+                    object: plan.id.to_string(),
+                    why: format!(
+                        "is declared twice, in {first} and in {} (compared after the default \
+                         namespace is applied); keep one",
+                        m.source
+                    ),
+                });
+                continue;
+            }
+            plans.push(plan);
+        }
+        Ok((plans, deferred, refusals))
+    }
+
+    /// Resolves, reads and decides one object; `Err(refusal)` when it cannot be applied.
+    async fn plan_one(
+        &self,
+        workload: &str,
+        index: usize,
         m: &Manifest,
-        inventory: &mut BTreeSet<ObjectRef>,
-    ) -> Result<(ObjectRef, AppliedObject), AgentError> {
-        let (api, id) = self.api(&m.id).await?;
+        records: &AppliedRecords,
+    ) -> Result<Result<Planned, Refusal>, AgentError> {
+        let refusal = |object: String, why: String| Ok(Err(Refusal { index, object, why }));
+        let (api, id) = match self.api(&m.id).await {
+            Ok(found) => found,
+            Err(e) => return refusal(m.id.to_string(), e.to_string()),
+        };
         let mut body = with_ownership(m, workload);
         if !id.namespace.is_empty() {
             body["metadata"]["namespace"] = Value::String(id.namespace.clone());
         }
-        if inventory.insert(id.clone()) {
+        let live = api
+            .get_opt(&id.name)
+            .await
+            .map_err(|e| kube_error("get", &id, e))?
+            .map(|o| serde_json::to_value(o).expect("a live object serialises"));
+        if let Some(owner) = live.as_ref().and_then(owner_of)
+            && owner != workload
+        {
+            return refusal(
+                id.to_string(),
+                format!(
+                    "is owned by workload {owner:?} (label {}={owner} on the live object); \
+                     declare it in one workload only",
+                    manifest::OWNER_LABEL
+                ),
+            );
+        }
+        let digest = body_digest(&body);
+        let reason = match (records.objects.get(&id), &live) {
+            (None, _) => Some(ApplyReason::New),
+            (Some(r), _) if r.body_sha256 != digest => Some(ApplyReason::Changed),
+            (Some(_), None) => Some(ApplyReason::Drift),
+            (Some(r), Some(live)) if r.fingerprint != fingerprint(&body, live) => {
+                Some(ApplyReason::Drift)
+            }
+            (Some(_), Some(_)) => None,
+        };
+        Ok(Ok(Planned {
+            index,
+            api,
+            id,
+            body,
+            digest,
+            live,
+            reason,
+        }))
+    }
+
+    /// Sends every planned apply with `dryRun=All`; returns the refusals. A refusal because
+    /// the object's namespace does not exist yet is not one when the revision creates that
+    /// namespace (the real apply makes it first).
+    async fn dry_run(
+        &self,
+        workload: &str,
+        plans: &[&Planned],
+        manifests: &[Manifest],
+    ) -> Vec<Refusal> {
+        let created: BTreeSet<&str> = manifests
+            .iter()
+            .filter(|m| m.id.kind == "Namespace" && m.id.group_version().0.is_empty())
+            .map(|m| m.id.name.as_str())
+            .collect();
+        let mut refusals = Vec::new();
+        for plan in plans {
+            let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+            match plan
+                .api
+                .patch(&plan.id.name, &params, &Patch::Apply(&plan.body))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(status))
+                    if status.code == 404
+                        && created.contains(plan.id.namespace.as_str())
+                        && status.message.contains("namespaces") => {}
+                Err(e) => refusals.push(Refusal {
+                    index: plan.index,
+                    object: plan.id.to_string(),
+                    why: format!("refused by the API server's dry run: {e}"),
+                }),
+            }
+        }
+        if !refusals.is_empty() {
+            tracing::warn!(%workload, refused = refusals.len(), "the dry run refused the revision; nothing applied");
+        }
+        refusals
+    }
+
+    async fn apply_planned(
+        &self,
+        workload: &str,
+        plan: &Planned,
+        inventory: &mut BTreeSet<ObjectRef>,
+        records: &mut AppliedRecords,
+    ) -> Result<AppliedObject, AgentError> {
+        if inventory.insert(plan.id.clone()) {
             self.save_inventory(workload, inventory)?;
         }
-        let key = (workload.to_string(), id.clone());
-        let known = self
-            .applied
-            .lock()
-            .expect("applied lock")
-            .get(&key)
-            .cloned();
-        let live = match &known {
-            // Never applied by this process: apply without looking.
-            None => None,
-            Some(_) => api
-                .get_opt(&id.name)
-                .await
-                .map_err(|e| kube_error("get", &id, e))?
-                .map(|o| serde_json::to_value(o).expect("a live object serialises")),
+        let (live, written) = match (plan.reason, &plan.live) {
+            (None, Some(live)) => (live.clone(), false),
+            _ => {
+                let params = PatchParams::apply(FIELD_MANAGER).force();
+                let returned = plan
+                    .api
+                    .patch(&plan.id.name, &params, &Patch::Apply(&plan.body))
+                    .await
+                    .map_err(|e| kube_error("apply", &plan.id, e))?;
+                let returned = serde_json::to_value(returned).expect("an object serialises");
+                if let Some(reason) = plan.reason {
+                    tracing::info!(%workload, object = %plan.id, ?reason, "applied");
+                }
+                records.objects.insert(
+                    plan.id.clone(),
+                    AppliedRecord {
+                        body_sha256: plan.digest.clone(),
+                        fingerprint: fingerprint(&plan.body, &returned),
+                    },
+                );
+                (returned, true)
+            }
         };
-        let unchanged = match (&known, &live) {
-            (Some(known), Some(live)) => *known == fingerprint(&body, live),
-            _ => false,
-        };
-        let (live, written) = if unchanged {
-            (live.expect("unchanged implies live"), false)
-        } else {
-            let params = PatchParams::apply(FIELD_MANAGER).force();
-            let returned = api
-                .patch(&id.name, &params, &Patch::Apply(&body))
-                .await
-                .map_err(|e| kube_error("apply", &id, e))?;
-            let returned = serde_json::to_value(returned).expect("an object serialises");
-            self.applied
-                .lock()
-                .expect("applied lock")
-                .insert(key, fingerprint(&body, &returned));
-            (returned, true)
-        };
-        let (health, message) = manifest::health(&id.kind, &live);
-        let object = AppliedObject {
-            name: id.to_string(),
+        let (health, message) = manifest::health(&plan.id.kind, &live);
+        Ok(AppliedObject {
+            name: plan.id.to_string(),
             written,
             health,
             message,
-        };
-        Ok((id, object))
+        })
     }
 
     /// Deletes the object if it still carries our ownership label for `workload`; true when it
@@ -305,10 +645,6 @@ impl KubeTarget {
             return Ok(false);
         };
         let live = serde_json::to_value(live).expect("a live object serialises");
-        self.applied
-            .lock()
-            .expect("applied lock")
-            .remove(&(workload.to_string(), id.clone()));
         if !owned_by(&live, workload) {
             tracing::warn!(%workload, object = %id, "left Git but is not labelled {}={workload}; left alone", manifest::OWNER_LABEL);
             return Ok(false);
@@ -333,6 +669,12 @@ impl KubeTarget {
         }
         self.save_inventory(workload, &inventory)?;
         self.parsed.lock().expect("parsed lock").remove(workload);
+        match std::fs::remove_file(self.records_path(workload)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(AgentError::Target(format!("remove applied records: {e}")));
+            }
+            _ => {}
+        }
         Ok(removed)
     }
 }

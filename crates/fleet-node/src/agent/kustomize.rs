@@ -196,4 +196,58 @@ mod tests {
         );
         assert!(shown.contains("missing.yaml"), "{shown}");
     }
+
+    /// fleet's render of a kustomization is exactly what `kubectl kustomize` prints for the
+    /// same tree (run here by hand, the way an operator would), and its objects are read from
+    /// it as `kubectl apply -k` reads them: YAML 1.1, so `0644` is the file mode 420.
+    #[test]
+    fn the_render_of_a_kustomization_is_kubectl_kustomize_output_on_the_same_tree() {
+        let mut files = BASE.to_vec();
+        files.push((
+            "base/secret-volume.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: certs\nspec:\n  \
+             template:\n    spec:\n      volumes:\n      - name: certs\n        secret:\n          \
+             secretName: certs\n          defaultMode: 0644\n",
+        ));
+        files[0].1 = "resources:\n- deployment.yaml\n- secret-volume.yaml\n";
+        files.push((
+            "overlays/production/kustomization.yaml",
+            "resources:\n- ../../base\nnamePrefix: prod-\nlabels:\n- pairs:\n    env: production\n",
+        ));
+        let tree = tree(&files);
+        let built = build(&tree, "overlays/production").unwrap();
+        let ours = &built[&RenderPath::from(BUILD_FILE)].1;
+
+        let dir = tempfile::tempdir().unwrap();
+        write_tree(&tree, dir.path()).unwrap();
+        let by_hand = Command::new("kubectl")
+            .arg("kustomize")
+            .arg(dir.path().join("overlays/production"))
+            .output()
+            .expect("kubectl runs (.ci/run installs kubernetes-client)");
+        assert!(
+            by_hand.status.success(),
+            "{}",
+            String::from_utf8_lossy(&by_hand.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(ours),
+            String::from_utf8_lossy(&by_hand.stdout),
+            "fleet's render is kubectl kustomize's output, byte for byte"
+        );
+
+        let text = std::str::from_utf8(ours).unwrap();
+        let objects = fleet_core::manifest::parse_documents(BUILD_FILE, text).unwrap();
+        let certs = objects
+            .iter()
+            .find(|o| o.id.name == "prod-certs")
+            .expect("the certs Deployment");
+        assert_eq!(
+            certs
+                .body
+                .pointer("/spec/template/spec/volumes/0/secret/defaultMode"),
+            Some(&serde_json::json!(420)),
+            "{text}"
+        );
+    }
 }
