@@ -455,6 +455,18 @@ fn a_revision_that_does_not_fit_on_the_disk_leaves_exactly_the_previous_revision
         !target.root.join(".fleet-staging.web").exists(),
         "the staging directory is gone"
     );
+    let owned: Vec<String> = target
+        .files
+        .owned("web")
+        .unwrap()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(
+        owned,
+        ["a.conf", "b/b.conf", "gone.conf"],
+        "the inventory is r1's too"
+    );
 }
 
 // 4. A path that changes type.

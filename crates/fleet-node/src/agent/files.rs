@@ -176,19 +176,19 @@ impl FilesTarget {
         if widened != owned {
             self.save_owned(workload, &widened)?;
         }
-        let staged = match stage(&staging, &plan.writes, render) {
-            Ok(staged) => staged,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&staging);
-                return Err(e);
-            }
-        };
         let mut journal = Vec::new();
-        let committed = commit(&base, &staging, &plan, &staged, &mut journal);
-        if let Err(e) = committed {
+        let done = stage(&staging, &plan.writes, render)
+            .and_then(|staged| commit(&base, &staging, &plan, &staged, &mut journal));
+        if let Err(e) = done {
             let undone = undo(journal);
             let _ = fs::remove_dir_all(&staging);
             return Err(match undone {
+                // The disk holds the previous revision again: so does the inventory, so a path
+                // this revision would have added is not taken as owned.
+                Ok(()) if widened != owned => match self.save_owned(workload, &owned) {
+                    Ok(()) => e,
+                    Err(save) => AgentError::Target(format!("{e}; {save}")),
+                },
                 Ok(()) => e,
                 Err(undo) => AgentError::Target(format!(
                     "{e}; putting back the previous revision also failed: {undo}"
