@@ -307,8 +307,9 @@ pub fn resolve_symlink(
     Ok(())
 }
 
-/// The directories a render implies (every proper prefix of a path), as components.
-fn directories(render: &Render) -> BTreeSet<Vec<&[u8]>> {
+/// The directories a render implies (every proper prefix of a path), as components: what
+/// [`render_node`] takes.
+pub fn directories(render: &Render) -> BTreeSet<Vec<&[u8]>> {
     let mut dirs = BTreeSet::new();
     for path in render.keys() {
         let parts: Vec<&[u8]> = path.components().collect();

@@ -33,7 +33,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use fleet_core::render::{FileKind, Node, Render, RenderPath, render_node, resolve_symlink};
+use fleet_core::render::{
+    FileKind, Node, Render, RenderPath, directories, render_node, resolve_symlink,
+};
 
 use super::AgentError;
 
@@ -303,13 +305,7 @@ impl FilesTarget {
         render: &Render,
         leaving: &dyn Fn(&RenderPath) -> bool,
     ) -> Result<(), AgentError> {
-        let mut dirs: BTreeSet<Vec<&[u8]>> = BTreeSet::new();
-        for path in render.keys() {
-            let parts: Vec<&[u8]> = path.components().collect();
-            for end in 1..parts.len() {
-                dirs.insert(parts[..end].to_vec());
-            }
-        }
+        let dirs = directories(render);
         let lookup = |parts: &[&[u8]]| match render_node(render, &dirs, parts) {
             Node::Missing => disk_node(base, parts, leaving),
             node => node,
