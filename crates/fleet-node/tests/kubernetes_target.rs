@@ -566,6 +566,8 @@ fn live(server: &Server, path: &str) -> Value {
     server.lock().unwrap().objects[path].clone()
 }
 
+/// Assumes: a server-side apply of a changed body updates the fields fleet manages
+/// (https://kubernetes.io/docs/reference/using-api/server-side-apply/#apply-and-update).
 #[tokio::test]
 async fn a_changed_value_is_applied_before_the_revision_is_reported_synced() {
     let (client, server) = start();
@@ -589,6 +591,9 @@ async fn a_changed_value_is_applied_before_the_revision_is_reported_synced() {
     assert_eq!(live(&server, SETTINGS_PATH)["data"]["level"], "debug");
 }
 
+/// Assumes: `spec.replicas` and a container's `image` are ordinary fields of an applied
+/// Deployment, replaced by the next apply
+/// (https://kubernetes.io/docs/reference/using-api/server-side-apply/#apply-and-update).
 #[tokio::test]
 async fn a_deployments_image_and_replicas_change_is_applied() {
     let (client, server) = start();
@@ -644,6 +649,9 @@ async fn a_field_removed_from_git_is_not_in_the_body_sent_and_leaves_the_live_ob
     );
 }
 
+/// Assumes: a GET returns the object as stored, so an unchanged object needs no apply, and
+/// applying the same body again changes nothing
+/// (https://kubernetes.io/docs/reference/using-api/server-side-apply/#comparison-with-client-side-apply).
 #[tokio::test]
 async fn an_agent_restart_sends_nothing_for_an_unchanged_revision_and_applies_a_changed_one() {
     let (client, server) = start();
@@ -669,6 +677,10 @@ async fn an_agent_restart_sends_nothing_for_an_unchanged_revision_and_applies_a_
 
 // Issue: YAML read as kubectl reads it (sigs.k8s.io/yaml over go-yaml v2, YAML 1.1).
 
+/// Assumes: `kubectl apply -f` converts YAML to JSON with sigs.k8s.io/yaml over go-yaml v2
+/// (https://github.com/kubernetes-sigs/yaml/blob/master/goyaml.v2/resolve.go), which reads
+/// `0644` as octal; `defaultMode` and `mode` are decimal integers in the API
+/// (https://kubernetes.io/docs/reference/kubernetes-api/config-and-storage-resources/volume/).
 #[tokio::test]
 async fn file_modes_in_legacy_octal_are_sent_as_kubectl_sends_them() {
     let (client, server) = start();
@@ -690,6 +702,9 @@ async fn file_modes_in_legacy_octal_are_sent_as_kubectl_sends_them() {
     assert_eq!(bodies[0].1["spec"]["replicas"], 2);
 }
 
+/// Assumes: kubectl's YAML-to-JSON step fails on `.inf`, as Go's encoding/json refuses
+/// non-finite numbers (https://pkg.go.dev/encoding/json#Marshal: "NaN and +/-Inf ... an
+/// UnsupportedValueError").
 #[tokio::test]
 async fn a_yaml_spelling_kubectl_refuses_is_refused_naming_file_line_and_field() {
     let (client, server) = start();
@@ -713,6 +728,9 @@ async fn a_yaml_spelling_kubectl_refuses_is_refused_naming_file_line_and_field()
 
 // Issue: one owner per object.
 
+/// Assumes: a namespaced object without `metadata.namespace` goes to the client's default
+/// namespace, so both declarations name one object
+/// (https://kubernetes.io/docs/concepts/overview/working-with-objects/namespaces/).
 #[tokio::test]
 async fn an_object_declared_with_and_without_the_default_namespace_is_refused_as_a_duplicate() {
     let (client, server) = start();
@@ -739,6 +757,10 @@ async fn an_object_declared_with_and_without_the_default_namespace_is_refused_as
     assert_eq!(writes(&server), Vec::<String>::new(), "nothing sent");
 }
 
+/// Assumes: labels on a live object are what a GET returns, and a forced apply would take
+/// the object's fields over from another manager
+/// (https://kubernetes.io/docs/reference/using-api/server-side-apply/#conflicts): so fleet
+/// must decide ownership itself, by its label, before sending anything.
 #[tokio::test]
 async fn two_workloads_declaring_one_object_do_not_flap_and_the_owner_keeps_it() {
     let (client, server) = start();
@@ -786,6 +808,9 @@ async fn two_workloads_declaring_one_object_do_not_flap_and_the_owner_keeps_it()
 
 // Issue: all or nothing across objects.
 
+/// Assumes: `dryRun=All` validates and persists nothing, and an invalid object is refused
+/// with 422 and a message naming the field
+/// (https://kubernetes.io/docs/reference/using-api/api-concepts/#dry-run).
 #[tokio::test]
 async fn a_revision_the_dry_run_refuses_changes_nothing_and_names_the_object_and_field() {
     let (client, server) = start();
@@ -849,6 +874,9 @@ async fn a_revision_the_dry_run_refuses_changes_nothing_and_names_the_object_and
     assert!(c9.message.contains("must be info or debug"), "{c9:?}");
 }
 
+/// Assumes: an object in a namespace that does not exist is refused with 404, also in a dry
+/// run, and a custom resource is served once its CustomResourceDefinition is stored
+/// (https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/).
 #[tokio::test]
 async fn a_namespace_and_a_custom_resource_definition_made_by_the_revision_do_not_block_it() {
     let (client, server) = start();
