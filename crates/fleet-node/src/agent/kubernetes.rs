@@ -355,6 +355,7 @@ impl KubeTarget {
     ) -> Result<TargetOutcome, AgentError> {
         let manifests = self.manifests(workload, hash, render)?;
         let mut records = self.records(workload)?;
+        let loaded = records.clone();
         let mut outcome = TargetOutcome::default();
         let (plans, deferred, refusals) = self.plan(workload, &manifests, &records).await?;
         if !refusals.is_empty() {
@@ -418,7 +419,9 @@ impl KubeTarget {
             }
         }
         if let Some(first) = failures.first() {
-            self.save_records(workload, &records)?;
+            if records != loaded {
+                self.save_records(workload, &records)?;
+            }
             outcome.error = Some(format!(
                 "{} of {} objects failed; first: {first}",
                 failures.len(),
@@ -428,7 +431,9 @@ impl KubeTarget {
         }
         records.render_hash = hash.to_string();
         records.objects.retain(|id, _| desired.contains(id));
-        self.save_records(workload, &records)?;
+        if records != loaded {
+            self.save_records(workload, &records)?;
+        }
         for id in inventory.difference(&desired).cloned().collect::<Vec<_>>() {
             match self.prune_one(workload, &id).await {
                 Ok(deleted) => {
