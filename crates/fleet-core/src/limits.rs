@@ -52,3 +52,9 @@ pub const MAX_SYMLINK_FOLLOWS: usize = 40;
 /// Most YAML nodes one manifest file may expand to, aliases included: a bound on "billion
 /// laughs" documents.
 pub const MAX_YAML_NODES: usize = 1_000_000;
+/// Highest Raft term a coordinator accepts in any message: far above any term elections reach,
+/// far below `u64::MAX`, so openraft's term arithmetic can never overflow.
+pub const MAX_RAFT_TERM: u64 = 1 << 63;
+/// Most a Raft message's term may lie above the receiver's current term. Each election adds
+/// one; a term further ahead than a million elections comes from no real peer.
+pub const MAX_RAFT_TERM_STEP: u64 = 1 << 20;

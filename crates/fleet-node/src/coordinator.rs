@@ -17,6 +17,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fleet_core::{Command, Context, CoreError, Outcome, State};
@@ -497,7 +498,11 @@ where
             health.clone(),
         ),
     );
-    spawn_named("raft-fatal-watch", watch_for_fatal(raft.clone()));
+    let stopping = Arc::new(AtomicBool::new(false));
+    spawn_named(
+        "raft-fatal-watch",
+        watch_for_fatal(raft.clone(), stopping.clone()),
+    );
     spawn_named(
         "leadership-guard",
         run_guard(coordinator.clone(), config.guard.clone()),
@@ -562,6 +567,7 @@ where
 
     shutdown.await;
     tracing::info!(node = config.id, "shutting down");
+    stopping.store(true, Ordering::SeqCst);
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
@@ -616,11 +622,14 @@ async fn join(coordinator: &Coordinator, member: &str, advertise: &str) -> Resul
     )))
 }
 
-/// Stops the process when the Raft core stops with a fatal error (such as a storage error).
+/// Stops the process with [`EXIT_RAFT_FATAL`] when the Raft core stops with a fatal error
+/// (such as a storage error), or stops without a word: a panic in the core drops its metrics
+/// channel. Only a shutdown that `stopping` announced beforehand ends the core quietly; a node
+/// whose core is dead must not stay up serving stale state.
 ///
 /// # Cancel safety
 /// Only reads metrics; safe to drop.
-async fn watch_for_fatal(raft: Raft) {
+async fn watch_for_fatal(raft: Raft, stopping: Arc<AtomicBool>) {
     let mut metrics = raft.metrics();
     loop {
         if let Err(fatal) = &metrics.borrow().running_state {
@@ -631,7 +640,11 @@ async fn watch_for_fatal(raft: Raft) {
             return;
         }
         if metrics.changed().await.is_err() {
-            return;
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            tracing::error!("the raft core is gone (a panic in the core): stopping the node");
+            std::process::exit(EXIT_RAFT_FATAL);
         }
     }
 }

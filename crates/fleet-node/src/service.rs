@@ -19,7 +19,7 @@ use crate::proto::raft_service_server::{RaftService, RaftServiceServer};
 use crate::proto::*;
 use crate::tasks::spawn_named;
 use crate::types::TypeConfig;
-use fleet_core::limits::MAX_REPORTS_PER_CALL;
+use fleet_core::limits::{MAX_RAFT_TERM, MAX_RAFT_TERM_STEP, MAX_REPORTS_PER_CALL};
 use tokio_stream::wrappers::ReceiverStream;
 
 /// Largest request message a client may send to `FleetService` or `AgentService`.
@@ -573,15 +573,39 @@ fn encode<T: serde::Serialize>(value: &T) -> Response<RaftPayload> {
     })
 }
 
+impl RaftApi {
+    /// Refuses a message whose term is above [`MAX_RAFT_TERM`] or more than
+    /// [`MAX_RAFT_TERM_STEP`] above this node's current term, before openraft sees it: a term
+    /// near `u64::MAX` would overflow openraft's term arithmetic and kill its core.
+    fn check_term(
+        &self,
+        what: &str,
+        vote: &openraft::Vote<crate::types::NodeId>,
+    ) -> Result<(), Status> {
+        let term = vote.leader_id.term;
+        let current = self.0.raft.metrics().borrow().current_term;
+        if term > MAX_RAFT_TERM || term > current.saturating_add(MAX_RAFT_TERM_STEP) {
+            tracing::warn!(%term, current, from = vote.leader_id.node_id, what, "refused a raft message with an impossible term");
+            return Err(Status::invalid_argument(format!(
+                "{what}: term {term} is impossible here (current term {current}; at most \
+                 {MAX_RAFT_TERM_STEP} above it and never above {MAX_RAFT_TERM}); nothing changed"
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl RaftService for RaftApi {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Reply<RaftPayload> {
-        let rpc = decode(request.get_ref())?;
+        let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
+        self.check_term("append_entries", &rpc.vote)?;
         Ok(encode(&self.0.raft.append_entries(rpc).await))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Reply<RaftPayload> {
-        let rpc = decode(request.get_ref())?;
+        let rpc: openraft::raft::VoteRequest<crate::types::NodeId> = decode(request.get_ref())?;
+        self.check_term("vote", &rpc.vote)?;
         Ok(encode(&self.0.raft.vote(rpc).await))
     }
 
@@ -597,6 +621,7 @@ impl RaftService for RaftApi {
             data: chunk.data,
             done: chunk.done,
         };
+        self.check_term("install_snapshot", &rpc.vote)?;
         Ok(encode(&self.0.raft.install_snapshot(rpc).await))
     }
 

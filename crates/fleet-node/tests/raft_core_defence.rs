@@ -1,0 +1,95 @@
+//! The layer beneath peer authentication: a Raft message no real peer could send is refused
+//! before openraft sees it, and a Raft core that dies (a panic) takes its process with it,
+//! exit code 75, instead of leaving a live process that serves a dead node's state. Real
+//! coordinator processes on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{add_site, client};
+use fleet_node::coordinator::EXIT_RAFT_FATAL;
+use fleet_node::proto::RaftPayload;
+use fleet_node::proto::raft_service_client::RaftServiceClient;
+use fleet_node::testing::ProcessCluster;
+use fleet_node::types::TypeConfig;
+use openraft::Vote;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+
+fn payload<T: serde::Serialize>(rpc: &T) -> RaftPayload {
+    RaftPayload {
+        json: serde_json::to_vec(rpc).unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_messages_with_an_impossible_term_are_refused_and_writes_go_on() {
+    let mut cluster = ProcessCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let follower = cluster.others(leader)[0];
+    let mut raft = RaftServiceClient::connect(format!("http://{}", cluster.address(follower)))
+        .await
+        .unwrap();
+    // The term openraft would overflow on (`u64::MAX`), from a node that is no member.
+    let append = AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(u64::MAX, 99),
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
+    };
+    let refused = raft.append_entries(payload(&append)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("term"), "{refused:?}");
+    // Below the absolute cap, but a million elections ahead of the cluster.
+    let vote = VoteRequest::<u64> {
+        vote: Vote::new(1 << 40, 99),
+        last_log_id: None,
+    };
+    let refused = raft.vote(payload(&vote)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+
+    // Nothing changed: every node runs, the leader is a member, writes go on.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in 1..=3 {
+        assert!(cluster.node(id).is_running(), "node {id} stopped");
+    }
+    let now = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    assert!((1..=3).contains(&now), "leader {now}");
+    let mut c = client(&cluster.address(now)).await;
+    add_site(&mut c, "oslo").await.expect("writes go on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_raft_core_ends_the_process_with_exit_code_75() {
+    let mut cluster = ProcessCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let doomed = cluster.others(leader)[0];
+    // Test-only failpoint: the next vote this node persists panics inside openraft's core
+    // (save_vote runs on the core task).
+    cluster.node(doomed).kill();
+    cluster
+        .node(doomed)
+        .restart_with_env(&[("FAILPOINTS", "vote-flush=panic")]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // An election makes every surviving node persist a new vote.
+    cluster.node(leader).kill();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = cluster.node(doomed).exit_status() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the node with a dead raft core is still running:\n{}",
+            cluster.node(doomed).log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        status.code(),
+        Some(EXIT_RAFT_FATAL),
+        "exit status {status:?}"
+    );
+    let log = cluster.node(doomed).log();
+    assert!(log.contains("raft core is gone"), "{log}");
+}
