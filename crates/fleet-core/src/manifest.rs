@@ -274,10 +274,15 @@ pub fn with_ownership(manifest: &Manifest, workload: &str) -> Value {
 
 /// True when the live object carries our ownership label for `workload`.
 pub fn owned_by(live: &Value, workload: &str) -> bool {
+    owner(live) == Some(workload)
+}
+
+/// The workload whose ownership label is on a live object, if any (an empty label is none).
+pub fn owner(live: &Value) -> Option<&str> {
     live.pointer("/metadata/labels")
         .and_then(|labels| labels.get(OWNER_LABEL))
         .and_then(Value::as_str)
-        == Some(workload)
+        .filter(|owner| !owner.is_empty())
 }
 
 /// The part of `live` at the places `desired` sets: maps keep only the desired keys, lists keep

@@ -289,9 +289,7 @@ fn resolve_plain(text: &str) -> Scalar {
             if let Some(u) = go_parse_uint(&plain) {
                 return Scalar::Uint(u);
             }
-            if yaml_style_float(&plain)
-                && let Ok(f) = plain.parse::<f64>()
-            {
+            if let Some(f) = go_parse_float(&plain) {
                 return Scalar::Float(f);
             }
             if let Some(digits) = plain.strip_prefix("-0b")
@@ -383,7 +381,8 @@ fn is_go_integer_literal(s: &str) -> bool {
     !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Go's `strconv.ParseFloat(s, 64)` for the spellings that reach it from a `.`: `.5`, `.5e3`.
+/// A float in go-yaml's `yamlStyleFloat` spelling (`.5`, `1e3`, `-1.5`), parsed as Go's
+/// `strconv.ParseFloat(s, 64)` would.
 fn go_parse_float(s: &str) -> Option<f64> {
     if yaml_style_float(s) {
         s.parse().ok()

@@ -102,14 +102,6 @@ fn body_digest(body: &Value) -> String {
     ))
 }
 
-/// The workload whose ownership label is on a live object.
-fn owner_of(live: &Value) -> Option<&str> {
-    live.pointer("/metadata/labels")
-        .and_then(|labels| labels.get(manifest::OWNER_LABEL))
-        .and_then(Value::as_str)
-        .filter(|owner| !owner.is_empty())
-}
-
 /// Why one object stops its revision.
 struct Refusal {
     /// Its place in the manifests.
@@ -523,7 +515,7 @@ impl KubeTarget {
             .await
             .map_err(|e| kube_error("get", &id, e))?
             .map(|o| serde_json::to_value(o).expect("a live object serialises"));
-        if let Some(owner) = live.as_ref().and_then(owner_of)
+        if let Some(owner) = live.as_ref().and_then(manifest::owner)
             && owner != workload
         {
             return refusal(
