@@ -29,6 +29,8 @@ pub fn smoke_faults() -> Vec<Fault> {
             delay_ms: 200,
         },
         Fault::FsyncEio(Target::Leader),
+        Fault::DiskLoss(Target::Follower),
+        Fault::MembershipChange,
     ]
 }
 

@@ -14,7 +14,7 @@ use fleet_node::proto::promotion_service_client::PromotionServiceClient;
 use fleet_node::proto::{
     AddEnvironmentRequest, AddSiteRequest, CreateWorkloadRequest, GetClusterRequest,
     ListAuditEventsRequest, Pipeline, PublishReleaseRequest, ReadConsistency,
-    RegisterClusterRequest, SetPipelineRequest,
+    RegisterClusterRequest, RemoveCoordinatorRequest, SetPipelineRequest,
 };
 use fleet_node::testing::{AgentProcess, NodeSpec, ProcessCluster, set_failpoint};
 use nix::sys::signal::Signal;
@@ -32,6 +32,8 @@ const RECOVERY_BOUND: Duration = Duration::from_secs(15);
 const CONVERGENCE_BOUND: Duration = Duration::from_secs(30);
 /// A node whose fsync fails must exit within this.
 const FAIL_STOP_BOUND: Duration = Duration::from_secs(10);
+/// How long a membership change (a removal, a node becoming a voter) may take.
+const MEMBERSHIP_BOUND: Duration = Duration::from_secs(60);
 /// The exit code of a node that could not persist.
 const EXIT_STORAGE: i32 = 74;
 /// Concurrent workload clients.
@@ -76,6 +78,13 @@ pub enum Fault {
     FsyncEio(Target),
     /// The target killed and its unsynced writes lost, LazyFS-style (root).
     LoseUnsynced(Target),
+    /// The target's disk lost: killed, its data dir wiped, then brought back the documented
+    /// way: removed from the membership through a healthy member, started with an empty data
+    /// dir and --join (learner first, voter once caught up).
+    DiskLoss(Target),
+    /// Under load, a new node joins (learner, then voter) and then a follower of the original
+    /// ones is removed and stopped.
+    MembershipChange,
     /// A deliberate bug, for the checker's own test: a lagging follower serves linearizable
     /// reads from its local state.
     StaleReadBug,
@@ -100,8 +109,17 @@ impl Fault {
                 });
             }
             all.extend([Fault::FsyncEio(t), Fault::LoseUnsynced(t)]);
+            if t != Target::Majority {
+                // A majority that lost its disks has lost acknowledged writes by definition.
+                all.push(Fault::DiskLoss(t));
+            }
         }
-        all.extend([Fault::MinoritySplit, Fault::Flapping, Fault::StaleReadBug]);
+        all.extend([
+            Fault::MinoritySplit,
+            Fault::Flapping,
+            Fault::MembershipChange,
+            Fault::StaleReadBug,
+        ]);
         all
     }
 
@@ -119,7 +137,14 @@ impl Fault {
     }
 
     pub fn needs_root(&self) -> bool {
-        !matches!(self, Fault::Kill(_) | Fault::Pause(_) | Fault::StaleReadBug)
+        !matches!(
+            self,
+            Fault::Kill(_)
+                | Fault::Pause(_)
+                | Fault::StaleReadBug
+                | Fault::DiskLoss(_)
+                | Fault::MembershipChange
+        )
     }
 
     pub fn name(&self) -> String {
@@ -134,6 +159,8 @@ impl Fault {
             Fault::SlowDisk { target, delay_ms } => format!("slow-{}-disk-{delay_ms}ms", t(target)),
             Fault::FsyncEio(x) => format!("{}-fsync-eio", t(x)),
             Fault::LoseUnsynced(x) => format!("{}-lose-unsynced", t(x)),
+            Fault::DiskLoss(x) => format!("{}-disk-loss", t(x)),
+            Fault::MembershipChange => "membership-change".into(),
             Fault::StaleReadBug => "stale-read-bug".into(),
         }
     }
@@ -171,7 +198,7 @@ impl Plan {
             0 => Target::Leader,
             _ => Target::Follower,
         };
-        let fault = match rng.u8(..10) {
+        let fault = match rng.u8(..12) {
             0 => Fault::Kill(target),
             1 => Fault::Pause(target),
             2 => Fault::Partition(target),
@@ -184,6 +211,8 @@ impl Plan {
             6 => Fault::FsyncEio(target),
             7 => Fault::LoseUnsynced(target),
             8 => Fault::Cut(target),
+            9 => Fault::DiskLoss(target),
+            10 => Fault::MembershipChange,
             _ => Fault::Kill(Target::Leader),
         };
         Plan::for_fault(seed, nodes, fault)
@@ -264,7 +293,8 @@ impl System {
             .context("create the run directory")?;
         let root = is_root();
         let net = if root {
-            Some(Network::create(nodes)?)
+            // One namespace more than nodes, for the node the membership-change fault adds.
+            Some(Network::create(nodes + 1)?)
         } else {
             None
         };
@@ -421,6 +451,7 @@ impl System {
             workload: AGENT_WORKLOAD.into(),
             revision: commits[0].clone(),
             reason: reason(),
+            allow_rejected: false,
         })
         .await?;
         let endpoints = self.addresses.join(",");
@@ -473,6 +504,7 @@ async fn publish_commits(nodes: Nodes, commits: Vec<String>, stop: Arc<AtomicBoo
                 workload: AGENT_WORKLOAD.into(),
                 revision: commits[i].clone(),
                 reason: "chaos agents".into(),
+                allow_rejected: false,
             }),
         )
         .await;
@@ -826,6 +858,54 @@ async fn inject(sys: &mut System, plan: &Plan, report: &mut Report) -> anyhow::R
                 sys.cluster.node(*n).restart();
             }
         }
+        Fault::DiskLoss(target) => {
+            let lost = sys.resolve(*target).await?[0];
+            sys.cluster.node(lost).kill();
+            sys.cluster.node(lost).wipe_data_dir();
+            tokio::time::sleep(hold).await;
+            // README, "recovering a node": remove it through a healthy member, then --join.
+            let healthy = sys.cluster.others(lost)[0];
+            remove_member(sys, healthy, lost).await?;
+            let member = sys.cluster.address(healthy);
+            sys.cluster
+                .node(lost)
+                .restart_with_args(&["--join", &member], &[]);
+            wait_voter(sys, lost, true).await?;
+        }
+        Fault::MembershipChange => {
+            let added = sys.cluster.nodes.len() as u64 + 1;
+            let spec = match &sys.net {
+                Some(net) => NodeSpec {
+                    address: format!("{}:7400", net.address_of(added)),
+                    data_dir: sys.base().join(format!("node-{added}")),
+                    wrapper: ["ip", "netns", "exec", &net.namespace(added)]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect(),
+                },
+                None => NodeSpec {
+                    address: format!("127.0.0.1:{}", fleet_node::testing::free_port()),
+                    data_dir: sys.base().join(format!("node-{added}")),
+                    wrapper: Vec::new(),
+                },
+            };
+            let leader = sys.leader().await?;
+            let member = sys.cluster.address(leader);
+            sys.cluster
+                .spawn_node_with(added, spec, &["--join", &member], &[]);
+            wait_voter(sys, added, true).await?;
+            tokio::time::sleep(hold).await;
+            let leader = sys.leader().await?;
+            let removed = sys
+                .cluster
+                .others(leader)
+                .into_iter()
+                .find(|n| *n != added)
+                .expect("an original follower");
+            remove_member(sys, leader, removed).await?;
+            wait_voter(sys, removed, false).await?;
+            sys.cluster.node(removed).kill();
+        }
         Fault::StaleReadBug => {
             let follower = sys.resolve(Target::Follower).await?[0];
             let address = sys.cluster.address(follower);
@@ -845,6 +925,57 @@ async fn inject(sys: &mut System, plan: &Plan, report: &mut Report) -> anyhow::R
         }
     }
     Ok(())
+}
+
+/// Removes node `id` through node `through` (forwarded to the leader), retrying for up to
+/// [`MEMBERSHIP_BOUND`] while there is no leader or another change runs.
+async fn remove_member(sys: &System, through: u64, id: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + MEMBERSHIP_BOUND;
+    loop {
+        let answer = match fleet_node::testing::connect(&sys.cluster.address(through)).await {
+            Some(mut c) => c
+                .remove_coordinator(RemoveCoordinatorRequest { id, force: false })
+                .await
+                .map(|_| ())
+                .map_err(|s| s.to_string()),
+            None => Err("cannot connect".to_string()),
+        };
+        match answer {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                bail!(
+                    "node {id} not removed through node {through} within {MEMBERSHIP_BOUND:?}: {e}"
+                )
+            }
+            Err(e) => {
+                tracing::info!(id, through, error = %e, "remove not done yet, retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// Waits up to [`MEMBERSHIP_BOUND`] until the leader counts node `id` as a voter (`voter`) or
+/// not a member at all (`!voter`).
+async fn wait_voter(sys: &System, id: u64, voter: bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + MEMBERSHIP_BOUND;
+    loop {
+        if let Ok(leader) = sys.leader().await
+            && let Some(status) = sys.cluster.status(leader).await
+        {
+            let member = status.members.iter().find(|m| m.id == id);
+            if (voter && member.is_some_and(|m| m.voter)) || (!voter && member.is_none()) {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "node {id} did not become {} within {MEMBERSHIP_BOUND:?}",
+                if voter { "a voter" } else { "a non-member" }
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The time from now until a write is accepted (registering a fresh probe cluster).

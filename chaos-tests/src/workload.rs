@@ -173,6 +173,7 @@ async fn call(
                 workload: key.into(),
                 revision: revision_sha(*revision),
                 reason,
+                allow_rejected: false,
             })
             .await
             .map(|_| Output::Ok),

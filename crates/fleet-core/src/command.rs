@@ -32,10 +32,15 @@ pub enum Command {
         repo_url: String,
         path_template: String,
     },
-    /// Publishes a revision into the workload's first environment.
+    /// Publishes a revision into the workload's first environment. A revision rejected there
+    /// (by a rollback) is refused unless `allow_rejected`.
     PublishRelease {
         workload: String,
         revision: String,
+        /// Added after the first stored format: absent in older log entries and audit events,
+        /// read as `false`.
+        #[serde(default)]
+        allow_rejected: bool,
     },
     /// Records that coordinator leadership moved away from a node whose disk was too slow.
     /// Proposed by the new leader, never by clients; it changes nothing but the audit log.
@@ -149,6 +154,72 @@ impl Command {
     /// of the agents, and a fleet of thousands would drown the trail of decisions in them.
     pub fn is_audited(&self) -> bool {
         !matches!(self, Command::RecordStatus { .. })
+    }
+}
+
+/// A command together with the exact JSON text it was stored as: in a log entry, a snapshot,
+/// an audit event. The audit hash covers this text, never a re-serialization, so a command that
+/// gains a field (always defaulted when absent: the rule for every change of [`Command`])
+/// leaves every older event verifiable.
+///
+/// Serialized as that JSON, embedded verbatim (serde_json's `RawValue`), so a value read and
+/// written again keeps its bytes. Only serde_json can read or write it.
+#[derive(Debug, Clone)]
+pub struct StoredCommand {
+    json: Box<serde_json::value::RawValue>,
+    command: Command,
+}
+
+impl StoredCommand {
+    /// Serializes `command` once; this text is what is stored and hashed from now on.
+    pub fn new(command: Command) -> Self {
+        let json = serde_json::value::to_raw_value(&command).expect("commands always serialize");
+        StoredCommand { json, command }
+    }
+
+    /// Reads a stored text, e.g. `command_json` of an audit event as served.
+    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+        let raw = serde_json::value::RawValue::from_string(json.to_string())?;
+        let command = serde_json::from_str(raw.get())?;
+        Ok(StoredCommand { json: raw, command })
+    }
+
+    pub fn command(&self) -> &Command {
+        &self.command
+    }
+
+    /// The stored text.
+    pub fn json(&self) -> &str {
+        self.json.get()
+    }
+}
+
+impl std::ops::Deref for StoredCommand {
+    type Target = Command;
+    fn deref(&self) -> &Command {
+        &self.command
+    }
+}
+
+/// Two stored commands are equal when their stored texts are.
+impl PartialEq for StoredCommand {
+    fn eq(&self, other: &Self) -> bool {
+        self.json.get() == other.json.get()
+    }
+}
+impl Eq for StoredCommand {}
+
+impl Serialize for StoredCommand {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.json.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for StoredCommand {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let json = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+        let command = serde_json::from_str(json.get()).map_err(serde::de::Error::custom)?;
+        Ok(StoredCommand { json, command })
     }
 }
 

@@ -20,7 +20,7 @@ pub mod validate;
 pub mod yaml;
 
 pub use audit::{AuditEvent, AuditVerifyError};
-pub use command::{Command, Context, Outcome};
+pub use command::{Command, Context, Outcome, StoredCommand};
 pub use error::CoreError;
 pub use model::{
     Assignment, Cluster, Environment, HealthState, ObjectStatus, Release, ReportedStatus, Revision,

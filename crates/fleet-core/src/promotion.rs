@@ -172,7 +172,12 @@ impl State {
             .expect("checked: the rollout exists")
     }
 
-    fn is_rejected(&self, workload: &str, environment: &str, revision: &Revision) -> bool {
+    pub(crate) fn is_rejected(
+        &self,
+        workload: &str,
+        environment: &str,
+        revision: &Revision,
+    ) -> bool {
         self.rejected(workload, environment)
             .is_some_and(|r| r.contains(revision))
     }

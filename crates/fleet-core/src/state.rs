@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEvent, GENESIS_HASH, verify_chain};
-use crate::command::{Command, Context, Outcome};
+use crate::command::{Command, Context, Outcome, StoredCommand};
 use crate::error::CoreError;
 use crate::limits::*;
 use crate::model::{
@@ -184,7 +184,26 @@ impl State {
                 }
                 limit("workloads", self.workloads.len(), MAX_WORKLOADS)
             }
-            Command::PublishRelease { workload, .. } => self.require_workload(workload).map(|_| ()),
+            Command::PublishRelease {
+                workload,
+                revision,
+                allow_rejected,
+            } => {
+                self.require_workload(workload)?;
+                let revision = validate::revision(revision)?;
+                let first = &self.pipeline(workload).environments[0];
+                if !allow_rejected && self.is_rejected(workload, first, &revision) {
+                    return Err(CoreError::FailedPrecondition {
+                        message: format!(
+                            "{} was rolled back in {first} and is rejected there",
+                            revision.0
+                        ),
+                        hint: "publish it anyway with --allow-rejected (audited), or publish a fix"
+                            .into(),
+                    });
+                }
+                Ok(())
+            }
             Command::RecordLeadershipHandover { .. } => Ok(()),
             Command::RecordStatus { cluster, report } => {
                 self.require_cluster(cluster)?;
@@ -197,6 +216,36 @@ impl State {
     /// Applies one command. On error nothing has changed. On success the change is in the state
     /// and an audit event for it is at the end of the audit log.
     pub fn apply(&mut self, command: &Command, ctx: &Context) -> Result<Outcome, CoreError> {
+        self.apply_stored(
+            &StoredCommand::new(command.clone()),
+            ctx,
+            crate::audit::AUDIT_EVENT_FORMAT,
+        )
+    }
+
+    /// [`State::apply`] for a command as stored in the log: its audit event keeps and hashes
+    /// the stored text, in `event_format` (the one the log entry names, so that every replica
+    /// and every later build computes the same hash for it).
+    ///
+    /// # Errors
+    /// As [`State::apply`]; also `FailedPrecondition` for an event format this build does not
+    /// know (the entry was written by a newer build).
+    pub fn apply_stored(
+        &mut self,
+        stored: &StoredCommand,
+        ctx: &Context,
+        event_format: u32,
+    ) -> Result<Outcome, CoreError> {
+        let command = stored.command();
+        if event_format > crate::audit::AUDIT_EVENT_FORMAT {
+            return Err(CoreError::FailedPrecondition {
+                message: format!(
+                    "the entry asks for audit event format {event_format}, newer than this build's {}",
+                    crate::audit::AUDIT_EVENT_FORMAT
+                ),
+                hint: "run the same fleet-node version on every coordinator".into(),
+            });
+        }
         self.check(command, ctx)?;
         let (outcome, summary) = match command {
             Command::AddSite { name } => {
@@ -295,8 +344,17 @@ impl State {
                     format!("workload {name} created from {repo_url} at {path_template}"),
                 )
             }
-            Command::PublishRelease { workload, revision } => {
+            Command::PublishRelease {
+                workload,
+                revision,
+                allow_rejected,
+            } => {
                 let revision = validate::revision(revision).expect("checked above");
+                let was_rejected = self.is_rejected(
+                    workload,
+                    &self.pipeline(workload).environments[0],
+                    &revision,
+                );
                 let environment = self.pipeline(workload).environments[0].clone();
                 self.record_desired(workload, &environment, &revision);
                 self.workloads
@@ -328,10 +386,15 @@ impl State {
                         changed.push(cluster);
                     }
                 }
-                let summary = format!(
+                let mut summary = format!(
                     "release {workload}@{revision} published to {environment}: {} clusters assigned",
                     changed.len()
                 );
+                if *allow_rejected && was_rejected {
+                    summary.push_str(&format!(
+                        " (rejected in {environment}, published with --allow-rejected)"
+                    ));
+                }
                 (
                     Outcome::ReleasePublished {
                         workload: workload.clone(),
@@ -407,8 +470,14 @@ impl State {
             .map_or(GENESIS_HASH, |e| e.hash.as_str())
             .to_string();
         let sequence = self.audit.len() as u64 + 1;
-        self.audit
-            .push(AuditEvent::new(sequence, ctx, command, summary, &prev_hash));
+        self.audit.push(AuditEvent::new(
+            event_format,
+            sequence,
+            ctx,
+            stored,
+            summary,
+            &prev_hash,
+        ));
         Ok(outcome)
     }
 

@@ -46,7 +46,9 @@ pub fn command(command: &Command, actor: &str, reason: &str) -> Result<(), CoreE
             self::repo_url(repo_url)?;
             self::path_template(path_template)
         }
-        Command::PublishRelease { workload, revision } => {
+        Command::PublishRelease {
+            workload, revision, ..
+        } => {
             dns_label("workload", workload)?;
             self::revision(revision).map(|_| ())
         }

@@ -102,6 +102,7 @@ impl Fleet {
         self.ok(Command::PublishRelease {
             workload: "web".into(),
             revision: revision.into(),
+            allow_rejected: false,
         });
     }
 
@@ -612,4 +613,33 @@ fn history_answers_what_a_cluster_ran_at_any_time() {
         assert!(e.summary.contains("prod-oslo"), "{}", e.summary);
     }
     assert_eq!(h.kept_since_ms, 0);
+}
+
+#[test]
+fn a_revision_rejected_in_the_first_environment_is_published_again_only_with_allow_rejected() {
+    let mut f = Fleet::new(&THREE_SITES);
+    // B is in staging; roll it back there, which rejects it.
+    f.ok(Command::Rollback {
+        workload: "web".into(),
+        environment: "staging".into(),
+        to: None,
+    });
+    let publish = |allow_rejected| Command::PublishRelease {
+        workload: "web".into(),
+        revision: B.into(),
+        allow_rejected,
+    };
+    let shown = f.refused(publish(false));
+    assert!(
+        shown.contains("rejected") && shown.contains("--allow-rejected"),
+        "{shown}"
+    );
+    f.ok(publish(true));
+    let last = f.state.audit_events().last().unwrap();
+    assert!(
+        last.summary.contains("published with --allow-rejected"),
+        "{}",
+        last.summary
+    );
+    f.state.verify_audit().unwrap();
 }

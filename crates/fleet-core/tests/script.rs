@@ -60,10 +60,13 @@ fn run(script: &str) {
                 continue;
             }
             ["tamper", seq] => {
-                let mut json = serde_json::to_value(&state).unwrap();
-                let index = seq.parse::<usize>().unwrap() - 1;
-                json["audit"][index]["actor"] = "mallory".into();
-                state = serde_json::from_value(json).unwrap();
+                // Edited as text: a round trip through serde_json::Value would reorder the keys
+                // of every stored command, and so change every event.
+                let mut text = serde_json::to_string(&state).unwrap();
+                let at = text.find(&format!("\"sequence\":{seq},")).unwrap();
+                let actor = at + text[at..].find("\"actor\":\"").unwrap() + 9;
+                text.insert_str(actor, "mallory-");
+                state = serde_json::from_str(&text).unwrap();
                 continue;
             }
             ["site", name] => Command::AddSite {
@@ -103,6 +106,7 @@ fn run(script: &str) {
             ["publish", workload, sha] => Command::PublishRelease {
                 workload: workload.to_string(),
                 revision: sha.to_string(),
+                allow_rejected: false,
             },
             ["handover", from, to, term, p99s @ ..] => Command::RecordLeadershipHandover {
                 from_node: from.parse().unwrap(),
@@ -322,6 +326,7 @@ fn apply_is_deterministic_for_the_same_commands_and_contexts() {
         Command::PublishRelease {
             workload: "web".into(),
             revision: SHA_A.into(),
+            allow_rejected: false,
         },
     ];
     let replay = || {

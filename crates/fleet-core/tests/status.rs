@@ -38,6 +38,7 @@ fn fleet() -> State {
         Command::PublishRelease {
             workload: "web".into(),
             revision: SHA.into(),
+            allow_rejected: false,
         },
     ] {
         state.apply(&command, &ctx(1_000)).unwrap();

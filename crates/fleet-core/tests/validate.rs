@@ -114,6 +114,7 @@ fn malformed_fields_are_refused_alike_by_a_new_and_a_populated_fleet() {
             Command::PublishRelease {
                 workload: "web".into(),
                 revision: "main".into(),
+                allow_rejected: false,
             },
             ctx("test", ""),
             "revision",
@@ -225,6 +226,7 @@ fn well_formed_commands_pass_validation_and_are_then_judged_by_the_state() {
             Command::PublishRelease {
                 workload: "api".into(),
                 revision: SHA.into(),
+                allow_rejected: false,
             },
             "not found",
         ),

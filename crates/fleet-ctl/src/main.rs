@@ -155,12 +155,26 @@ enum CoordinatorCmd {
     Status,
     /// Each node's disk as it measures itself, with the verdict against etcd's 10 ms p99 rule.
     Disk,
-    /// Add a node as a voter (it must be running, started without --bootstrap).
+    /// Add a node: it must answer at ADDRESS as node ID of this cluster (a node started with
+    /// --join does this itself). It is a learner until it has caught up, then a voter.
     Add {
         #[arg(long)]
         id: u64,
         #[arg(long, value_name = "HOST:PORT")]
         address: String,
+        /// Seconds the learner may take to catch up; it stays a learner if it does not.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+        catch_up_timeout_s: u64,
+    },
+    /// Remove a voter or learner, e.g. one that lost its disk (it may then come back with an
+    /// empty data dir and --join). Refused when the voters left would not have a quorum of
+    /// nodes that answer, unless --force.
+    Remove {
+        #[arg(long)]
+        id: u64,
+        /// Remove even without a reachable quorum left (writes stop until one answers).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -242,6 +256,10 @@ enum ReleaseCmd {
         /// A local Git repository to resolve the revision in.
         #[arg(long)]
         repo: Option<std::path::PathBuf>,
+        /// Publish even though the revision was rolled back (is rejected) in the first
+        /// environment; the audit event says so.
+        #[arg(long)]
+        allow_rejected: bool,
     },
     List {
         workload: String,
@@ -340,17 +358,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Coordinator(CoordinatorCmd::Status) => coordinator_status(&client, json).await,
         Cmd::Coordinator(CoordinatorCmd::Disk) => coordinator_disk(&client, json).await,
-        Cmd::Coordinator(CoordinatorCmd::Add { id, address }) => {
+        Cmd::Coordinator(CoordinatorCmd::Add {
+            id,
+            address,
+            catch_up_timeout_s,
+        }) => {
+            if !json {
+                eprintln!(
+                    "adding node {id} at {address}: learner first, voter once caught up (up to {catch_up_timeout_s} s)"
+                );
+            }
             let r = client
                 .fleet(|mut f, req: Req| {
-                    let request = req.wrap(AddCoordinatorRequest {
+                    let mut request = req.wrap(AddCoordinatorRequest {
                         id,
                         address: address.clone(),
+                        catch_up_timeout_ms: catch_up_timeout_s * 1000,
                     });
+                    request.set_timeout(std::time::Duration::from_secs(catch_up_timeout_s + 15));
                     async move { f.add_coordinator(request).await }
                 })
                 .await?;
-            written(json, &format!("coordinator {id} added"), r.result)
+            written(
+                json,
+                &format!("coordinator {id} added as a voter"),
+                r.result,
+            )
+        }
+        Cmd::Coordinator(CoordinatorCmd::Remove { id, force }) => {
+            let r = client
+                .fleet(|mut f, req: Req| {
+                    let request = req.wrap(RemoveCoordinatorRequest { id, force });
+                    async move { f.remove_coordinator(request).await }
+                })
+                .await?;
+            written(json, &format!("coordinator {id} removed"), r.result)
         }
         Cmd::Site(SiteCmd::Add { name }) => {
             let r = client
@@ -590,6 +632,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             workload,
             revision,
             repo,
+            allow_rejected,
         }) => {
             let revision = match repo {
                 Some(path) => resolve_revision(&path, &revision)?,
@@ -601,6 +644,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         workload: workload.clone(),
                         revision: revision.clone(),
                         reason: reason.clone(),
+                        allow_rejected,
                     };
                     async move { f.publish_release(req.wrap(request)).await }
                 })
@@ -784,16 +828,20 @@ async fn coordinator_status(client: &Client, json: bool) -> anyhow::Result<()> {
                 "leader_id": view.leader_id,
                 "term": view.term,
                 "applied_index": view.applied_index,
+                "cluster_id": view.cluster_id,
                 "members": members,
             }))?
         );
     } else {
         match view.leader_id {
             Some(l) => eprintln!(
-                "leader: {l}, term {} (as seen by node {})",
-                view.term, view.node_id
+                "cluster {}: leader {l}, term {} (as seen by node {})",
+                view.cluster_id, view.term, view.node_id
             ),
-            None => eprintln!("no leader (as seen by node {})", view.node_id),
+            None => eprintln!(
+                "cluster {}: no leader (as seen by node {})",
+                view.cluster_id, view.node_id
+            ),
         }
         t.print();
     }
@@ -947,6 +995,7 @@ async fn audit(
                 "command": serde_json::from_str::<serde_json::Value>(&e.command_json)
                     .unwrap_or(serde_json::Value::Null),
                 "summary": e.summary, "prev_hash": e.prev_hash, "hash": e.hash,
+                "format": e.format,
             })
         })
         .collect();

@@ -208,7 +208,8 @@ mod tests {
         commands
             .into_iter()
             .map(|command| ProposalItem {
-                command,
+                command: fleet_core::StoredCommand::new(command),
+                audit_format: fleet_core::audit::AUDIT_EVENT_FORMAT,
                 context: context.clone(),
             })
             .collect()

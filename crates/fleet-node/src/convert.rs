@@ -74,6 +74,22 @@ impl From<NodeError> for Status {
             NodeError::InvalidArgument { hint, .. } => {
                 status_with_hint(Code::InvalidArgument, message, &hint)
             }
+            NodeError::AlreadyExists { hint, .. } => {
+                status_with_hint(Code::AlreadyExists, message, &hint)
+            }
+            NodeError::NotFound { hint, .. } => status_with_hint(Code::NotFound, message, &hint),
+            NodeError::FailedPrecondition { hint, .. } => {
+                status_with_hint(Code::FailedPrecondition, message, &hint)
+            }
+            NodeError::CatchUpTimeout { hint, .. } => {
+                status_with_hint(Code::DeadlineExceeded, message, &hint)
+            }
+            NodeError::MembershipBusy => status_with_hint(
+                Code::Unavailable,
+                message,
+                "wait for it to end (see `fleet-ctl coordinator status`), then try again",
+            ),
+            NodeError::Forwarded(status) => status,
             NodeError::Startup(_) => {
                 status_with_hint(Code::Internal, message, "see the node's log")
             }
@@ -196,19 +212,21 @@ pub fn audit_event(e: &fleet_core::AuditEvent) -> proto::AuditEvent {
         actor: e.actor.clone(),
         reason: e.reason.clone(),
         kind: e.command.kind().to_string(),
-        command_json: serde_json::to_string(&e.command).expect("commands serialize"),
+        command_json: e.command.json().to_string(),
         summary: e.summary.clone(),
         prev_hash: e.prev_hash.clone(),
         hash: e.hash.clone(),
+        format: e.format,
     }
 }
 
 /// An audit event as served, back in the domain type, so that a client can recompute the
 /// chain (`fleet_core::audit::verify_chain`) without trusting the node.
 pub fn audit_event_from_wire(e: &proto::AuditEvent) -> Result<fleet_core::AuditEvent, String> {
-    let command = serde_json::from_str(&e.command_json)
+    let command = fleet_core::StoredCommand::from_json(&e.command_json)
         .map_err(|err| format!("audit event {}: unreadable command: {err}", e.sequence))?;
     Ok(fleet_core::AuditEvent {
+        format: e.format,
         sequence: e.sequence,
         time_ms: e.time_ms,
         actor: e.actor.clone(),

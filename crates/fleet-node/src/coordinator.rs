@@ -29,10 +29,11 @@ use tonic::transport::server::TcpIncoming;
 use crate::batcher::{BatchError, Batcher, MAX_ENTRIES_PER_APPEND};
 use crate::error::NodeError;
 use crate::health::{DiskHealth, ProbeConfig, run_probe};
+use crate::identity::{self, DataDir, FORMAT0_CLUSTER_ID, Identity};
 use crate::leadership::{GuardConfig, run_guard};
 use crate::network::{MAX_RAFT_MESSAGE_BYTES, Peers, SNAPSHOT_CHUNK_BYTES};
 use crate::proto::fleet_service_client::FleetServiceClient;
-use crate::proto::{AddCoordinatorRequest, RaftPayload, ReadIndexRequest};
+use crate::proto::{AddCoordinatorRequest, ReadIndexRequest, RemoveCoordinatorRequest};
 use crate::service::{self, MAX_REQUEST_BYTES};
 use crate::store::{self, LogStore, SharedState, StateMachineStore};
 use crate::tasks::spawn_named;
@@ -44,19 +45,30 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 const LEADER_POLL: Duration = Duration::from_millis(50);
 /// How many times a joining node asks to be added before it gives up.
 pub const MAX_JOIN_ATTEMPTS: u32 = 240;
+/// How long a node being added may take to catch up, by default, before the add fails and it
+/// stays a learner.
+pub const DEFAULT_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest catch-up wait a request may ask for.
+pub const MAX_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a member's address may take to answer `Identify` in membership checks.
+pub const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often gauges are refreshed.
 const METRICS_PERIOD: Duration = Duration::from_secs(2);
 /// Exit code of a node whose Raft core stopped with a fatal error.
 pub const EXIT_RAFT_FATAL: i32 = 75;
 
-/// How a node starts.
+/// How a node starts (see [`crate::identity`] for what a data dir holds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
-    /// The first node of a new coordinator cluster (no-op when the data dir is initialized).
+    /// The first node of a new coordinator cluster. Refused on a data dir that already belongs
+    /// to a cluster.
     Bootstrap,
-    /// Ask the member at this address to add this node as a voter.
+    /// The embedded demo: bootstrap an empty data dir, resume one that is not.
+    BootstrapOrResume,
+    /// Join the cluster of the member at this address as a new node: learner first, voter once
+    /// caught up. Resumes when the data dir already holds this node's log.
     Join(String),
-    /// Resume from the data dir.
+    /// Resume from the data dir; refused when it is empty.
     Resume,
 }
 
@@ -131,6 +143,10 @@ pub enum Consistency {
 /// A running coordinator node. Shared by the gRPC services.
 pub struct Coordinator {
     pub id: NodeId,
+    /// The cluster id from this node's data dir.
+    pub cluster_id: String,
+    /// Held by the membership change in progress on this node (one at a time).
+    membership_change: tokio::sync::Mutex<()>,
     pub raft: Raft,
     state: SharedState,
     pub(crate) peers: Peers,
@@ -171,9 +187,9 @@ impl Coordinator {
                     }
                 }
                 Some((_, address)) => {
-                    let payload = RaftPayload {
-                        json: serde_json::to_vec(&forwarded).expect("commands serialize"),
-                    };
+                    let payload = self
+                        .peers
+                        .payload(serde_json::to_vec(&forwarded).expect("commands serialize"));
                     let mut client = self.peers.raft_client(&address);
                     match client.propose(payload).await {
                         Ok(reply) => {
@@ -227,7 +243,8 @@ impl Coordinator {
         write: &ForwardedWrite,
     ) -> Result<Result<(u64, Outcome), NodeError>, NotLeader> {
         let item = ProposalItem {
-            command: write.command.clone(),
+            command: fleet_core::StoredCommand::new(write.command.clone()),
+            audit_format: fleet_core::audit::AUDIT_EVENT_FORMAT,
             context: Context {
                 now_ms: now_ms(),
                 actor: write.actor.clone(),
@@ -284,7 +301,11 @@ impl Coordinator {
                 }
                 Some((_, address)) => {
                     let mut client = self.peers.raft_client(&address);
-                    match client.read_index(ReadIndexRequest {}).await {
+                    let request = ReadIndexRequest {
+                        cluster_id: self.peers.cluster_id().to_string(),
+                        from_node: self.id,
+                    };
+                    match client.read_index(request).await {
                         Ok(reply) => Some(reply.into_inner().read_index),
                         Err(status) => {
                             tracing::debug!(%address, %status, "read index failed, retrying");
@@ -345,9 +366,21 @@ impl Coordinator {
         Some((leader, node.addr.clone()))
     }
 
-    /// Adds a node as a learner, waits until it has caught up, then makes it a voter. A node
-    /// that is a voter already is left as it is.
-    pub async fn add_coordinator(&self, id: NodeId, address: String) -> Result<u64, NodeError> {
+    /// Adds a node: checks that `address` answers as node `id` of this cluster, adds it as a
+    /// learner, waits (up to `catch_up`) until the leader's replication shows it caught up, and
+    /// only then makes it a voter. Forwarded to the leader from other nodes.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an address that is not HOST:PORT; `AlreadyExists` for an id that
+    /// is a voter, or an id or address that another member has; `FailedPrecondition` when the
+    /// address does not answer as that node, when another membership change runs, or when the
+    /// learner did not catch up in time (it then stays a learner).
+    pub async fn add_coordinator(
+        &self,
+        id: NodeId,
+        address: String,
+        catch_up: Duration,
+    ) -> Result<u64, NodeError> {
         if address.parse::<SocketAddr>().is_err() {
             return Err(NodeError::InvalidArgument {
                 field: "address",
@@ -355,40 +388,258 @@ impl Coordinator {
                 hint: "give the address the node listens on, e.g. 127.0.0.1:7401".into(),
             });
         }
-        match self.leader() {
-            Some((leader, _)) if leader == self.id => {}
-            Some((_, leader_address)) => {
-                let mut client = FleetServiceClient::new(self.peers.channel(&leader_address));
-                let reply = client
-                    .add_coordinator(AddCoordinatorRequest { id, address })
-                    .await
-                    .map_err(|s| NodeError::Raft(format!("leader refused: {}", s.message())))?;
-                return Ok(reply.into_inner().result.map_or(0, |r| r.log_index));
-            }
-            None => {
-                return Err(NodeError::NoLeader { waited_ms: 0 });
-            }
+        if let Some(leader_address) = self.leader_elsewhere()? {
+            let mut client = FleetServiceClient::new(self.peers.channel(&leader_address));
+            let reply = client
+                .add_coordinator(AddCoordinatorRequest {
+                    id,
+                    address,
+                    catch_up_timeout_ms: catch_up.as_millis() as u64,
+                })
+                .await
+                .map_err(NodeError::from_leader)?;
+            return Ok(reply.into_inner().result.map_or(0, |r| r.log_index));
         }
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == id)
         {
-            return Ok(metrics.last_applied.map_or(0, |l| l.index));
+            // The learner is added under the lock; the catch-up wait runs without it, so that
+            // a learner that never catches up can be removed meanwhile.
+            let _one_at_a_time = self.membership_change.try_lock().map_err(|_| busy())?;
+            let membership = self.membership();
+            let is_voter = membership.voter_ids().any(|v| v == id);
+            if let Some(node) = membership.get_node(&id) {
+                if is_voter {
+                    return Err(NodeError::AlreadyExists {
+                        message: format!("node {id} is already a voter, at {}", node.addr),
+                        hint: format!(
+                            "node ids are never reused while a member has them. To bring back a \
+                             node that lost its data dir: fleet-ctl coordinator remove --id {id}, \
+                             then start it with an empty data dir and --join"
+                        ),
+                    });
+                }
+                if node.addr != address {
+                    return Err(NodeError::AlreadyExists {
+                        message: format!(
+                            "node {id} is a learner at {}, not at {address}",
+                            node.addr
+                        ),
+                        hint: format!("remove it first: fleet-ctl coordinator remove --id {id}"),
+                    });
+                }
+            }
+            if let Some((other, _)) = membership
+                .nodes()
+                .find(|(other, node)| **other != id && node.addr == address)
+            {
+                return Err(NodeError::AlreadyExists {
+                    message: format!("{address} is the address of node {other}"),
+                    hint: "give the new node's own address (its --advertise)".into(),
+                });
+            }
+            self.check_answers_as(id, &address).await?;
+            if membership.get_node(&id).is_none() {
+                self.raft
+                    .add_learner(id, BasicNode::new(address.clone()), false)
+                    .await
+                    .map_err(|e| NodeError::Raft(e.to_string()))?;
+                tracing::info!(node = id, %address, "coordinator added as a learner");
+            }
         }
-        self.raft
-            .add_learner(id, BasicNode::new(address), true)
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        self.wait_caught_up(id, catch_up).await?;
+        let _one_at_a_time = self.membership_change.try_lock().map_err(|_| busy())?;
+        let still_learner = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            membership.get_node(&id).is_some() && !membership.voter_ids().any(|v| v == id)
+        };
+        if !still_learner {
+            return Err(NodeError::FailedPrecondition {
+                message: format!("node {id} is no longer a learner (removed while catching up?)"),
+                hint: "see `fleet-ctl coordinator status`".into(),
+            });
+        }
         let response = self
             .raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
-        tracing::info!(node = id, "coordinator added as voter");
+        tracing::info!(node = id, "coordinator caught up and made a voter");
         Ok(response.log_id.index)
+    }
+
+    /// Removes a voter or learner. Refused when the voters left would not have a quorum of
+    /// nodes that answer, unless `force`.
+    ///
+    /// # Errors
+    /// `NotFound` for a node that is not a member; `FailedPrecondition` for the last voter,
+    /// for a removal that would leave no reachable quorum (without `force`), or while another
+    /// membership change runs.
+    pub async fn remove_coordinator(&self, id: NodeId, force: bool) -> Result<u64, NodeError> {
+        if let Some(leader_address) = self.leader_elsewhere()? {
+            let mut client = FleetServiceClient::new(self.peers.channel(&leader_address));
+            let reply = client
+                .remove_coordinator(RemoveCoordinatorRequest { id, force })
+                .await
+                .map_err(NodeError::from_leader)?;
+            return Ok(reply.into_inner().result.map_or(0, |r| r.log_index));
+        }
+        let _one_at_a_time = self.membership_change.try_lock().map_err(|_| busy())?;
+        let membership = self.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(NodeError::NotFound {
+                message: format!("node {id} is not a member of this coordinator cluster"),
+                hint: "list the members with `fleet-ctl coordinator status`".into(),
+            });
+        }
+        let change = if membership.voter_ids().any(|v| v == id) {
+            let remaining: Vec<(NodeId, String)> = membership
+                .voter_ids()
+                .filter(|v| *v != id)
+                .filter_map(|v| membership.get_node(&v).map(|n| (v, n.addr.clone())))
+                .collect();
+            if remaining.is_empty() {
+                return Err(NodeError::FailedPrecondition {
+                    message: format!("node {id} is the last voter"),
+                    hint: "add another node first".into(),
+                });
+            }
+            let mut reachable = Vec::new();
+            for (voter, address) in &remaining {
+                if *voter == self.id || self.check_answers_as(*voter, address).await.is_ok() {
+                    reachable.push(*voter);
+                }
+            }
+            let quorum = remaining.len() / 2 + 1;
+            if reachable.len() < quorum && !force {
+                return Err(NodeError::FailedPrecondition {
+                    message: format!(
+                        "removing node {id} leaves voters {:?}, of which only {:?} answer; a \
+                         quorum of them is {quorum}",
+                        remaining.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+                        reachable
+                    ),
+                    hint: "bring a voter back first, or remove anyway with --force (writes stop \
+                           until a quorum answers)"
+                        .into(),
+                });
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        let response = self
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        tracing::info!(node = id, force, "coordinator removed");
+        Ok(response.log_id.index)
+    }
+
+    /// The latest membership in this node's log (committed or not).
+    fn membership(&self) -> openraft::Membership<NodeId, BasicNode> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone()
+    }
+
+    /// `None` when this node leads; the leader's address when another node does.
+    fn leader_elsewhere(&self) -> Result<Option<String>, NodeError> {
+        match self.leader() {
+            Some((leader, _)) if leader == self.id => Ok(None),
+            Some((_, address)) => Ok(Some(address)),
+            None => Err(NodeError::NoLeader { waited_ms: 0 }),
+        }
+    }
+
+    /// Checks that `address` answers `Identify` as node `id` of this cluster.
+    async fn check_answers_as(&self, id: NodeId, address: &str) -> Result<(), NodeError> {
+        let answer = identify(&self.peers, address).await;
+        let refuse = |message: String| NodeError::FailedPrecondition {
+            message,
+            hint: format!(
+                "start node {id} first (with --join, or an empty data dir) and give the address \
+                 it advertises (--advertise)"
+            ),
+        };
+        match answer {
+            Err(status) => Err(refuse(format!(
+                "nothing answers as node {id} at {address}: {}",
+                status.message()
+            ))),
+            Ok(reply) if reply.cluster_id != self.cluster_id => Err(refuse(format!(
+                "{address} answers as a node of another cluster ({}; this is {})",
+                reply.cluster_id, self.cluster_id
+            ))),
+            Ok(reply) if reply.node_id != id => Err(refuse(format!(
+                "{address} answers as node {}, not node {id}",
+                reply.node_id
+            ))),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Waits until the leader's replication metrics show learner `id` at the leader's last log
+    /// index as it was when the wait began; logs progress every second.
+    async fn wait_caught_up(&self, id: NodeId, timeout: Duration) -> Result<(), NodeError> {
+        let started = Instant::now();
+        let target = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let mut last_report = Instant::now();
+        loop {
+            let matched = {
+                let metrics = self.raft.metrics();
+                let metrics = metrics.borrow();
+                metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map(|l| l.index)
+            };
+            if matched.is_some_and(|m| m >= target) {
+                return Ok(());
+            }
+            let member = self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .is_some();
+            if !member {
+                return Err(NodeError::FailedPrecondition {
+                    message: format!("node {id} was removed while it caught up"),
+                    hint: "add it again if that was not meant".into(),
+                });
+            }
+            if started.elapsed() >= timeout {
+                return Err(NodeError::CatchUpTimeout {
+                    message: format!(
+                        "node {id} is a learner and has not caught up within {} s (at {} of {target})",
+                        timeout.as_secs(),
+                        matched.map_or("nothing".to_string(), |m| m.to_string())
+                    ),
+                    hint: format!(
+                        "it stays a learner and does not count for quorum. Add it again once it \
+                         is reachable, or remove it: fleet-ctl coordinator remove --id {id}"
+                    ),
+                });
+            }
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                tracing::info!(
+                    node = id,
+                    ?matched,
+                    target,
+                    "waiting for the learner to catch up"
+                );
+                last_report = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Role name for status output.
@@ -401,6 +652,24 @@ impl Coordinator {
             ServerState::Shutdown => "Shutdown",
         }
     }
+}
+
+fn busy() -> NodeError {
+    NodeError::MembershipBusy
+}
+
+/// Asks `address` who it is, within [`IDENTIFY_TIMEOUT`].
+pub async fn identify(
+    peers: &Peers,
+    address: &str,
+) -> Result<crate::proto::IdentifyResponse, tonic::Status> {
+    let mut request = tonic::Request::new(crate::proto::IdentifyRequest {});
+    request.set_timeout(IDENTIFY_TIMEOUT);
+    let mut client = peers.raft_client(address);
+    tokio::time::timeout(IDENTIFY_TIMEOUT, client.identify(request))
+        .await
+        .map_err(|_| tonic::Status::unavailable("no answer in time"))?
+        .map(|r| r.into_inner())
 }
 
 /// This node is not the leader; nothing was proposed.
@@ -432,9 +701,11 @@ where
 {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| NodeError::Startup(format!("data dir {}: {e}", config.data_dir.display())))?;
+    let identity = establish_identity(&config).await?;
     let db = store::open_db(&config.data_dir).map_err(|e| {
         NodeError::Startup(format!("open sled in {}: {e}", config.data_dir.display()))
     })?;
+    store::check_stored_terms(&db, config.id).map_err(NodeError::Startup)?;
     let health = Arc::new(DiskHealth::default());
     let log_store =
         LogStore::open(&db, health.clone()).map_err(|e| NodeError::Startup(e.to_string()))?;
@@ -457,7 +728,7 @@ where
     .validate()
     .map_err(|e| NodeError::Startup(format!("raft config: {e}")))?;
 
-    let peers = Peers::default();
+    let peers = Peers::new(identity.cluster_id.clone(), config.id);
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),
@@ -470,6 +741,8 @@ where
 
     let coordinator = Arc::new(Coordinator {
         id: config.id,
+        cluster_id: identity.cluster_id.clone(),
+        membership_change: tokio::sync::Mutex::new(()),
         raft: raft.clone(),
         state,
         peers,
@@ -545,19 +818,49 @@ where
         .await
         .map_err(|e| NodeError::Startup(e.to_string()))?;
     match &config.start {
-        Start::Bootstrap if !initialized => {
+        Start::Bootstrap if initialized => {
+            return Err(NodeError::Startup(format!(
+                "--bootstrap: {} already belongs to coordinator cluster {}; restart the node \
+                 without --bootstrap, or give --bootstrap an empty data dir for a new cluster",
+                config.data_dir.display(),
+                identity.cluster_id
+            )));
+        }
+        Start::Bootstrap | Start::BootstrapOrResume if !initialized => {
             let members = BTreeMap::from([(config.id, BasicNode::new(config.advertise.clone()))]);
             raft.initialize(members)
                 .await
                 .map_err(|e| NodeError::Startup(format!("bootstrap: {e}")))?;
-            tracing::info!(node = config.id, "bootstrapped a new coordinator cluster");
+            tracing::info!(node = config.id, cluster = %identity.cluster_id, "bootstrapped a new coordinator cluster");
         }
-        Start::Join(member) if !initialized => {
-            join(&coordinator, member, &config.advertise).await?;
+        Start::Resume if !initialized => {
+            return Err(NodeError::Startup(format!(
+                "{} holds node {}'s identity but no log: it never finished joining. Start it with \
+                 --join HOST:PORT",
+                config.data_dir.display(),
+                config.id
+            )));
+        }
+        Start::Join(member) => {
+            let voter = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == config.id);
+            if voter {
+                tracing::info!(
+                    node = config.id,
+                    "already a voter: resuming from the data dir"
+                );
+            } else {
+                join(&coordinator, member, &config.advertise).await?;
+            }
         }
         _ => {}
     }
-    if config.start == Start::Bootstrap {
+    if matches!(config.start, Start::Bootstrap | Start::BootstrapOrResume) {
         raft.wait(Some(Duration::from_secs(30)))
             .current_leader(config.id, "bootstrap leads")
             .await
@@ -598,18 +901,143 @@ async fn publish_metrics(raft: Raft, health: Arc<DiskHealth>) {
     }
 }
 
-/// Asks `member` (or the leader it points to) to add this node, until it succeeds.
+/// Reads this node's identity from its data dir, or makes one: a new cluster id for
+/// `--bootstrap`, the member's for `--join`, `format0` for a data dir from before identities.
+/// Refuses an empty data dir without either flag, and a data dir of another node id.
+async fn establish_identity(config: &CoordinatorConfig) -> Result<Identity, NodeError> {
+    let dir = config.data_dir.clone();
+    let found = tokio::task::spawn_blocking(move || identity::inspect(&dir))
+        .await
+        .map_err(|e| NodeError::Startup(e.to_string()))??;
+    let made = match found {
+        DataDir::Identified(identity) => {
+            if identity.node_id != config.id {
+                return Err(NodeError::Startup(format!(
+                    "{} belongs to node {}, not --id {}: give the node's own id or its own data dir",
+                    config.data_dir.display(),
+                    identity.node_id,
+                    config.id
+                )));
+            }
+            return Ok(identity);
+        }
+        DataDir::Format0 => {
+            tracing::warn!(
+                data_dir = %config.data_dir.display(),
+                "a data dir from before identities (format 0): writing identity.json with \
+                 cluster id {FORMAT0_CLUSTER_ID} and node id {}", config.id
+            );
+            FORMAT0_CLUSTER_ID.to_string()
+        }
+        DataDir::Empty => match &config.start {
+            Start::Resume => {
+                return Err(NodeError::Startup(format!(
+                    "{} is empty: this node has no identity and no log. Start a new cluster \
+                     with --bootstrap, or join one with --join HOST:PORT. If node {} lost its \
+                     disk, it must not come back under its old id with an empty log: from a \
+                     healthy member run `fleet-ctl coordinator remove --id {}`, then start it \
+                     with --join (README: recovering a node)",
+                    config.data_dir.display(),
+                    config.id,
+                    config.id
+                )));
+            }
+            Start::Bootstrap | Start::BootstrapOrResume => identity::new_cluster_id()?,
+            Start::Join(member) => cluster_id_for_join(member, config.id).await?,
+        },
+    };
+    let identity = Identity {
+        format: identity::DATA_DIR_FORMAT,
+        cluster_id: made,
+        node_id: config.id,
+    };
+    let dir = config.data_dir.clone();
+    let written = identity.clone();
+    tokio::task::spawn_blocking(move || identity::write(&dir, &written))
+        .await
+        .map_err(|e| NodeError::Startup(e.to_string()))??;
+    tracing::info!(node = config.id, cluster = %identity.cluster_id, "identity written");
+    Ok(identity)
+}
+
+/// The cluster id of the member at `member`, asked until it answers (bounded), once the
+/// member has confirmed that node `id` is not a member. This runs before the node writes its
+/// identity or serves anything: a node that lost its disk must not come back under an id the
+/// cluster still counts on, not even for the moment a refused join takes.
+async fn cluster_id_for_join(member: &str, id: NodeId) -> Result<String, NodeError> {
+    let peers = Peers::new(String::new(), 0);
+    for attempt in 1..=MAX_JOIN_ATTEMPTS {
+        let asked = async {
+            let identity = identify(&peers, member).await?;
+            let mut request = tonic::Request::new(crate::proto::GetCoordinatorStatusRequest {});
+            request.set_timeout(IDENTIFY_TIMEOUT);
+            let status = FleetServiceClient::new(peers.channel(member))
+                .get_coordinator_status(request)
+                .await?
+                .into_inner();
+            Ok::<_, tonic::Status>((identity.cluster_id, status.members))
+        };
+        match asked.await {
+            Ok((cluster_id, members)) => {
+                if let Some(old) = members.iter().find(|m| m.id == id) {
+                    return Err(NodeError::Startup(format!(
+                        "--join {member}: node {id} is still a member of that cluster ({} at {}). \
+                         A node that lost its data dir must not come back under its old id: from \
+                         a healthy member run `fleet-ctl coordinator remove --id {id}`, then start \
+                         this node again with --join (README: recovering a node)",
+                        if old.voter { "a voter" } else { "a learner" },
+                        old.address
+                    )));
+                }
+                return Ok(cluster_id);
+            }
+            Err(status) => {
+                tracing::info!(attempt, %member, %status, "asking the member for its cluster id");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+    Err(NodeError::Startup(format!(
+        "--join {member}: no answer after {MAX_JOIN_ATTEMPTS} attempts; check the address"
+    )))
+}
+
+/// Asks `member` (or the leader it points to) to add this node. Retries while the cluster
+/// has no leader or cannot be reached, and while this node is still catching up as a learner
+/// ([`DEFAULT_CATCH_UP_TIMEOUT`] per attempt); any refusal (this id is still a member, the advertised
+/// address does not answer as this node, ...) ends the start with the member's message.
 async fn join(coordinator: &Coordinator, member: &str, advertise: &str) -> Result<(), NodeError> {
     let mut client = FleetServiceClient::new(coordinator.peers.channel(member));
     for attempt in 1..=MAX_JOIN_ATTEMPTS {
         let request = AddCoordinatorRequest {
             id: coordinator.id,
             address: advertise.to_string(),
+            catch_up_timeout_ms: DEFAULT_CATCH_UP_TIMEOUT.as_millis() as u64,
         };
         match client.add_coordinator(request).await {
             Ok(_) => {
-                tracing::info!(node = coordinator.id, %member, "joined the coordinator cluster");
+                tracing::info!(node = coordinator.id, %member, "joined the coordinator cluster as a voter");
                 return Ok(());
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::AlreadyExists
+                        | tonic::Code::InvalidArgument
+                        | tonic::Code::NotFound
+                        | tonic::Code::FailedPrecondition
+                ) =>
+            {
+                let hint = status
+                    .metadata()
+                    .get(crate::convert::HINT_METADATA)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                return Err(NodeError::Startup(format!(
+                    "--join {member} refused: {}. {hint}",
+                    status.message()
+                )));
             }
             Err(status) => {
                 tracing::info!(attempt, %member, %status, "join not accepted yet, retrying");

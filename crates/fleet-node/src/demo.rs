@@ -118,6 +118,7 @@ pub async fn seed(c: &Arc<Coordinator>, repository: &Path) -> Result<(), NodeErr
     commands.push(Command::PublishRelease {
         workload: "web".into(),
         revision: first,
+        allow_rejected: false,
     });
     for command in commands {
         c.write(command, "system:demo".into(), "demo fleet".into())

@@ -23,7 +23,32 @@ pub enum NodeError {
         message: String,
         hint: String,
     },
+    /// A membership change names a node or address that a member has already.
+    #[error("{message}")]
+    AlreadyExists { message: String, hint: String },
+    /// A membership change names a node that is not a member.
+    #[error("{message}")]
+    NotFound { message: String, hint: String },
+    /// The coordinator cluster is not in a state that allows the operation.
+    #[error("{message}")]
+    FailedPrecondition { message: String, hint: String },
+    /// A node being added did not catch up in time; it stays a learner.
+    #[error("{message}")]
+    CatchUpTimeout { message: String, hint: String },
+    /// Another membership change runs on the leader; retry once it ends.
+    #[error("another membership change is in progress")]
+    MembershipBusy,
+    /// The leader's answer to a request this node forwarded, passed on as it came.
+    #[error("{}", .0.message())]
+    Forwarded(tonic::Status),
     /// The node could not start.
     #[error("cannot start: {0}")]
     Startup(String),
+}
+
+impl NodeError {
+    /// The leader's refusal of a forwarded request.
+    pub fn from_leader(status: tonic::Status) -> Self {
+        NodeError::Forwarded(status)
+    }
 }

@@ -35,8 +35,8 @@ use tokio::task::JoinSet;
 
 use crate::coordinator::Coordinator;
 use crate::disk::FDATASYNC_P99_LIMIT;
+use crate::proto::GetCoordinatorStatusRequest;
 use crate::proto::fleet_service_client::FleetServiceClient;
-use crate::proto::{GetCoordinatorStatusRequest, RaftPayload};
 use crate::types::NodeId;
 
 /// How often the guard judges the disk.
@@ -408,9 +408,9 @@ async fn hand_over_to(
         to_p99_us: successor.score_us(),
         limit_us: config.limit_us,
     };
-    let payload = RaftPayload {
-        json: serde_json::to_vec(&request).expect("hand-over requests serialize"),
-    };
+    let payload = coordinator
+        .peers
+        .payload(serde_json::to_vec(&request).expect("hand-over requests serialize"));
     let mut client = coordinator.peers.raft_client(&successor.address);
     let reply = tokio::time::timeout(STATUS_TIMEOUT, client.take_leadership(payload))
         .await

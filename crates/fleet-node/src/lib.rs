@@ -14,6 +14,7 @@ pub mod disk;
 pub mod error;
 pub mod health;
 pub mod heartbeat;
+pub mod identity;
 pub mod leadership;
 pub mod metrics;
 pub mod network;

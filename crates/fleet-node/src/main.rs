@@ -216,8 +216,12 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
 }
 
 async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
-    let mut config =
-        CoordinatorConfig::new(1, args.listen, args.data_dir.clone(), Start::Bootstrap);
+    let mut config = CoordinatorConfig::new(
+        1,
+        args.listen,
+        args.data_dir.clone(),
+        Start::BootstrapOrResume,
+    );
     config.metrics_listen = Some(args.metrics_listen);
     let metrics = args.metrics_listen;
     let listen = args.listen;

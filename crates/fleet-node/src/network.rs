@@ -28,13 +28,38 @@ pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 /// How long to wait for a TCP connection to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// One lazily connected channel per peer address, shared by every user.
-#[derive(Clone, Default)]
+/// One lazily connected channel per peer address, shared by every user, and the name this node
+/// signs its Raft messages with (cluster id, node id).
+#[derive(Clone)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    cluster_id: Arc<str>,
+    node_id: NodeId,
 }
 
 impl Peers {
+    /// Peers of node `node_id` of cluster `cluster_id`.
+    pub fn new(cluster_id: String, node_id: NodeId) -> Self {
+        Peers {
+            channels: Arc::default(),
+            cluster_id: cluster_id.into(),
+            node_id,
+        }
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// A Raft message from this node carrying `json`.
+    pub fn payload(&self, json: Vec<u8>) -> RaftPayload {
+        RaftPayload {
+            json,
+            cluster_id: self.cluster_id.to_string(),
+            from_node: self.node_id,
+        }
+    }
+
     /// The channel to `address` (HOST:PORT). Connects on first use; reconnects by itself.
     pub fn channel(&self, address: &str) -> Channel {
         let mut channels = self.channels.lock().expect("peer map lock poisoned");
@@ -65,6 +90,7 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
         PeerConnection {
             target,
             client: self.raft_client(&node.addr),
+            peers: self.clone(),
         }
     }
 }
@@ -73,6 +99,7 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
 pub struct PeerConnection {
     target: NodeId,
     client: RaftServiceClient<Channel>,
+    peers: Peers,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -103,10 +130,8 @@ fn request<T>(message: T, option: &RPCOption) -> tonic::Request<T> {
     request
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> RaftPayload {
-    RaftPayload {
-        json: serde_json::to_vec(value).expect("openraft messages serialize"),
-    }
+fn encode<T: serde::Serialize>(peers: &Peers, value: &T) -> RaftPayload {
+    peers.payload(serde_json::to_vec(value).expect("openraft messages serialize"))
 }
 
 impl RaftNetwork<TypeConfig> for PeerConnection {
@@ -117,7 +142,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let reply = self
             .client
-            .append_entries(request(encode(&rpc), &option))
+            .append_entries(request(encode(&self.peers, &rpc), &option))
             .await
             .map_err(transport_error)?;
         decode_reply(self.target, reply.into_inner())
@@ -134,6 +159,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             offset: rpc.offset,
             data: rpc.data,
             done: rpc.done,
+            cluster_id: self.peers.cluster_id.to_string(),
+            from_node: self.peers.node_id,
         };
         let reply = self
             .client
@@ -150,7 +177,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     ) -> RpcResult<VoteResponse<NodeId>> {
         let reply = self
             .client
-            .vote(request(encode(&rpc), &option))
+            .vote(request(encode(&self.peers, &rpc), &option))
             .await
             .map_err(transport_error)?;
         decode_reply(self.target, reply.into_inner())

@@ -2,6 +2,7 @@
 //! coordinators. Handlers translate through [`crate::convert`] and call the [`Coordinator`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use fleet_core::{Command, Outcome};
 use openraft::raft::InstallSnapshotRequest;
@@ -239,6 +240,7 @@ impl FleetService for FleetApi {
         let command = Command::PublishRelease {
             workload: r.workload,
             revision: r.revision,
+            allow_rejected: r.allow_rejected,
         };
         let (index, outcome) = self.write(command, actor, r.reason).await?;
         let (environment, clusters) = match outcome {
@@ -346,6 +348,7 @@ impl FleetService for FleetApi {
             role: Coordinator::role(m.state).to_string(),
             members,
             disk: convert::disk_health(&self.0.health.report()),
+            cluster_id: self.0.cluster_id.clone(),
         }))
     }
 
@@ -390,8 +393,34 @@ impl FleetService for FleetApi {
         request: Request<AddCoordinatorRequest>,
     ) -> Reply<AddCoordinatorResponse> {
         let r = request.into_inner();
-        let index = self.0.add_coordinator(r.id, r.address).await?;
+        let catch_up = match r.catch_up_timeout_ms {
+            0 => crate::coordinator::DEFAULT_CATCH_UP_TIMEOUT,
+            ms => Duration::from_millis(ms),
+        };
+        if catch_up > crate::coordinator::MAX_CATCH_UP_TIMEOUT {
+            return Err(NodeError::InvalidArgument {
+                field: "catch_up_timeout_ms",
+                message: format!("{} ms is over the limit", r.catch_up_timeout_ms),
+                hint: format!(
+                    "at most {} ms",
+                    crate::coordinator::MAX_CATCH_UP_TIMEOUT.as_millis()
+                ),
+            }
+            .into());
+        }
+        let index = self.0.add_coordinator(r.id, r.address, catch_up).await?;
         Ok(Response::new(AddCoordinatorResponse {
+            result: write_result(index),
+        }))
+    }
+
+    async fn remove_coordinator(
+        &self,
+        request: Request<RemoveCoordinatorRequest>,
+    ) -> Reply<RemoveCoordinatorResponse> {
+        let r = request.into_inner();
+        let index = self.0.remove_coordinator(r.id, r.force).await?;
+        Ok(Response::new(RemoveCoordinatorResponse {
             result: write_result(index),
         }))
     }
@@ -570,10 +599,48 @@ fn decode<T: serde::de::DeserializeOwned>(payload: &RaftPayload) -> Result<T, St
 fn encode<T: serde::Serialize>(value: &T) -> Response<RaftPayload> {
     Response::new(RaftPayload {
         json: serde_json::to_vec(value).expect("raft replies serialize"),
+        cluster_id: String::new(),
+        from_node: 0,
     })
 }
 
 impl RaftApi {
+    /// Refuses a message from another cluster, or from a node that is not in the latest
+    /// membership in this node's log (voters and learners). A node whose log holds no
+    /// membership yet (one being added) checks the cluster id only, and grants no votes: it is
+    /// not a member, and a node that lost its disk must not help elect a stale leader.
+    fn check_sender(&self, what: &str, cluster_id: &str, from_node: u64) -> Result<(), Status> {
+        if cluster_id != self.0.cluster_id {
+            tracing::warn!(what, from = from_node, cluster = %cluster_id, "refused a raft message from another cluster");
+            return Err(Status::permission_denied(format!(
+                "{what}: the sender belongs to cluster {cluster_id:?}, this node to {:?}; \
+                 nothing changed",
+                self.0.cluster_id
+            )));
+        }
+        let metrics = self.0.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let empty = membership.nodes().next().is_none();
+        if empty && what == "vote" {
+            return Err(Status::failed_precondition(
+                "vote: this node is not a member yet (its log holds no membership) and does not vote",
+            ));
+        }
+        if !empty && membership.get_node(&from_node).is_none() {
+            tracing::warn!(
+                what,
+                from = from_node,
+                "refused a raft message from a node that is not a member"
+            );
+            return Err(Status::permission_denied(format!(
+                "{what}: node {from_node} is not a member of this coordinator cluster; nothing \
+                 changed"
+            )));
+        }
+        Ok(())
+    }
+
     /// Refuses a message whose term is above [`MAX_RAFT_TERM`] or more than
     /// [`MAX_RAFT_TERM_STEP`] above this node's current term, before openraft sees it: a term
     /// near `u64::MAX` would overflow openraft's term arithmetic and kill its core.
@@ -598,19 +665,24 @@ impl RaftApi {
 #[tonic::async_trait]
 impl RaftService for RaftApi {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Reply<RaftPayload> {
-        let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
+        let r = request.get_ref();
+        self.check_sender("append_entries", &r.cluster_id, r.from_node)?;
+        let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(r)?;
         self.check_term("append_entries", &rpc.vote)?;
         Ok(encode(&self.0.raft.append_entries(rpc).await))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Reply<RaftPayload> {
-        let rpc: openraft::raft::VoteRequest<crate::types::NodeId> = decode(request.get_ref())?;
+        let r = request.get_ref();
+        self.check_sender("vote", &r.cluster_id, r.from_node)?;
+        let rpc: openraft::raft::VoteRequest<crate::types::NodeId> = decode(r)?;
         self.check_term("vote", &rpc.vote)?;
         Ok(encode(&self.0.raft.vote(rpc).await))
     }
 
     async fn install_snapshot(&self, request: Request<InstallSnapshotChunk>) -> Reply<RaftPayload> {
         let chunk = request.into_inner();
+        self.check_sender("install_snapshot", &chunk.cluster_id, chunk.from_node)?;
         let bad = |e: serde_json::Error| {
             Status::invalid_argument(format!("undecodable snapshot chunk: {e}"))
         };
@@ -626,7 +698,9 @@ impl RaftService for RaftApi {
     }
 
     async fn propose(&self, request: Request<RaftPayload>) -> Reply<RaftPayload> {
-        let write: ForwardedWrite = decode(request.get_ref())?;
+        let r = request.get_ref();
+        self.check_sender("propose", &r.cluster_id, r.from_node)?;
+        let write: ForwardedWrite = decode(r)?;
         if let Err(refusal) =
             fleet_core::validate::command(&write.command, &write.actor, &write.reason)
         {
@@ -646,15 +720,26 @@ impl RaftService for RaftApi {
         }
     }
 
-    async fn read_index(&self, _request: Request<ReadIndexRequest>) -> Reply<ReadIndexResponse> {
+    async fn read_index(&self, request: Request<ReadIndexRequest>) -> Reply<ReadIndexResponse> {
+        let r = request.get_ref();
+        self.check_sender("read_index", &r.cluster_id, r.from_node)?;
         let read_index = self.0.read_index().await?;
         Ok(Response::new(ReadIndexResponse { read_index }))
     }
 
     async fn take_leadership(&self, request: Request<RaftPayload>) -> Reply<RaftPayload> {
-        let handover: HandoverRequest = decode(request.get_ref())?;
+        let r = request.get_ref();
+        self.check_sender("take_leadership", &r.cluster_id, r.from_node)?;
+        let handover: HandoverRequest = decode(r)?;
         let reply: HandoverReply = self.0.take_leadership(handover).await;
         Ok(encode(&reply))
+    }
+
+    async fn identify(&self, _request: Request<IdentifyRequest>) -> Reply<IdentifyResponse> {
+        Ok(Response::new(IdentifyResponse {
+            cluster_id: self.0.cluster_id.clone(),
+            node_id: self.0.id,
+        }))
     }
 
     async fn set_failpoint(

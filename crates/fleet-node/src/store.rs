@@ -1,17 +1,35 @@
 //! The Raft log, vote and state machine, kept in one sled database per node.
 //!
-//! # On-disk format
+//! # On-disk format (format 1)
 //!
-//! One sled database at `DATA_DIR/sled`, with these trees (all values JSON unless said):
+//! A data dir holds `identity.json` (cluster id, node id, format: see [`crate::identity`]),
+//! written before anything else, and one sled database at `DATA_DIR/sled` with these trees:
 //!
 //! | tree       | key                          | value                              | durability |
 //! |------------|------------------------------|------------------------------------|------------|
-//! | `log`      | log index, u64 big-endian    | `openraft::Entry<TypeConfig>`      | flushed before openraft's append callback fires |
-//! | `meta`     | `vote`                       | `openraft::Vote`                   | flushed before `save_vote` returns |
-//! | `meta`     | `committed`                  | `Option<LogId>`                    | written unflushed; only an optimisation at start-up |
-//! | `meta`     | `last_purged`                | `LogId`                            | flushed with the purge |
-//! | `snapshot` | `meta`                       | `openraft::SnapshotMeta`           | flushed (with `data`, in one batch) before the snapshot is used |
-//! | `snapshot` | `data`                       | JSON of [`StateMachineData`]       | as above |
+//! | `log`      | log index, u64 big-endian    | versioned `openraft::Entry<TypeConfig>` | flushed before openraft's append callback fires |
+//! | `meta`     | `vote`                       | JSON `openraft::Vote`              | flushed before `save_vote` returns |
+//! | `meta`     | `committed`                  | JSON `Option<LogId>`               | written unflushed; only an optimisation at start-up |
+//! | `meta`     | `last_purged`                | JSON `LogId`                       | flushed with the purge |
+//! | `snapshot` | `meta`                       | JSON `openraft::SnapshotMeta`      | flushed (with `data`, in one batch) before the snapshot is used |
+//! | `snapshot` | `data`                       | versioned [`StateMachineData`]     | as above |
+//!
+//! *Versioned* values are one format byte, then JSON: `0x01` for format 1. A value that starts
+//! with `{` is format 0 (written before formats were numbered: the same JSON, no byte); both
+//! are read. A format byte this build does not know stops the node with a message naming it.
+//! Snapshots travel to other nodes as these stored bytes.
+//!
+//! Commands inside entries are [`fleet_core::StoredCommand`]s: the JSON text the leader wrote
+//! is kept verbatim through the log, snapshots and the audit log, and the audit hash covers
+//! that text. Audit events carry their own format number (`fleet_core::audit`).
+//!
+//! ## Rules for changing the format
+//!
+//! - A field added to a command, the state or an event is additive: `#[serde(default)]`, so
+//!   data written before it reads as before.
+//! - Any other change takes a new format number here, code that reads every earlier format,
+//!   and a test that reads data written by the previous format (the format-0 data dir in
+//!   `tests/fixtures/` is read by `tests/on_disk_format.rs`).
 //!
 //! The state machine itself lives in memory. At start-up it is loaded from the snapshot and
 //! openraft re-applies the log after it; the log is purged only up to a persisted snapshot.
@@ -65,6 +83,75 @@ pub fn fail_stop(what: &str, error: &dyn std::fmt::Display) -> ! {
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("storage types always serialize")
+}
+
+/// The format byte of versioned values this build writes (module docs).
+pub const STORE_FORMAT: u8 = 1;
+
+/// A versioned value: [`STORE_FORMAT`], then JSON.
+fn encode_versioned<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut bytes = vec![STORE_FORMAT];
+    serde_json::to_writer(&mut bytes, value).expect("storage types always serialize");
+    bytes
+}
+
+/// Reads a versioned value of format 0 (bare JSON) or 1.
+pub fn decode_versioned<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
+    let json = match bytes.first() {
+        Some(b'{') => bytes,
+        Some(&STORE_FORMAT) => &bytes[1..],
+        Some(other) => {
+            return Err(format!(
+                "stored format {other} is unknown to this build (it writes {STORE_FORMAT}): run \
+                 the fleet-node that wrote it, or a newer one"
+            ));
+        }
+        None => return Err("an empty stored value".into()),
+    };
+    serde_json::from_slice(json).map_err(|e| e.to_string())
+}
+
+fn decode_versioned_or_stop<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> T {
+    decode_versioned(bytes).unwrap_or_else(|e| fail_stop(what, &e))
+}
+
+/// Whether `dir` holds a store (format 0 data dirs hold one without an identity file).
+pub fn has_store(dir: &Path) -> bool {
+    dir.join("sled").join("db").exists()
+}
+
+/// Refuses a store whose vote or last log entry has a term no node could have reached
+/// ([`fleet_core::limits::MAX_RAFT_TERM`]): openraft would overflow on it. Says how to recover.
+pub fn check_stored_terms(db: &sled::Db, node: NodeId) -> Result<(), String> {
+    use fleet_core::limits::MAX_RAFT_TERM;
+    let recover = format!(
+        "this node's stored Raft state cannot be used. Recover it as a node that lost its \
+         disk: from a healthy member run `fleet-ctl coordinator remove --id {node}`, then start \
+         this node with an empty data dir and --join HOST:PORT (README: recovering a node)"
+    );
+    let meta = db.open_tree("meta").map_err(|e| e.to_string())?;
+    if let Some(bytes) = meta.get("vote").map_err(|e| e.to_string())? {
+        let vote: Vote<NodeId> = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("the stored vote is unreadable ({e}); {recover}"))?;
+        if vote.leader_id.term > MAX_RAFT_TERM {
+            return Err(format!(
+                "the stored vote has term {}, above the cap of {MAX_RAFT_TERM}; {recover}",
+                vote.leader_id.term
+            ));
+        }
+    }
+    let log = db.open_tree("log").map_err(|e| e.to_string())?;
+    if let Some((_, bytes)) = log.last().map_err(|e| e.to_string())? {
+        let entry: Entry<TypeConfig> = decode_versioned(&bytes)
+            .map_err(|e| format!("the last log entry is unreadable ({e}); {recover}"))?;
+        if entry.log_id.leader_id.term > MAX_RAFT_TERM {
+            return Err(format!(
+                "the last log entry has term {}, above the cap of {MAX_RAFT_TERM}; {recover}",
+                entry.log_id.leader_id.term
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> T {
@@ -164,7 +251,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             if !range.contains(&index) {
                 break;
             }
-            entries.push(decode("log entry", &value));
+            entries.push(decode_versioned_or_stop("log entry", &value));
         }
         Ok(entries)
     }
@@ -176,7 +263,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.meta_get("last_purged");
         let last = match self.log.last() {
-            Ok(v) => v.map(|(_, b)| decode::<Entry<TypeConfig>>("log entry", &b).log_id),
+            Ok(v) => v.map(|(_, b)| {
+                decode_versioned_or_stop::<Entry<TypeConfig>>("log entry", &b).log_id
+            }),
             Err(e) => fail_stop("read log", &e),
         };
         Ok(LogState {
@@ -223,7 +312,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            batch.insert(&index_key(entry.log_id.index), encode(&entry));
+            batch.insert(&index_key(entry.log_id.index), encode_versioned(&entry));
         }
         if let Err(e) = self.log.apply_batch(batch) {
             fail_stop("write log", &e);
@@ -292,7 +381,7 @@ impl StateMachineStore {
     pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
         let snapshot = db.open_tree("snapshot")?;
         let data = match snapshot.get("data")? {
-            Some(bytes) => decode("snapshot data", &bytes),
+            Some(bytes) => decode_versioned_or_stop("snapshot data", &bytes),
             None => StateMachineData::default(),
         };
         Ok(StateMachineStore {
@@ -335,7 +424,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let (bytes, last_applied, last_membership) = {
             let data = self.data.read().expect("state lock poisoned");
             (
-                encode(&*data),
+                encode_versioned(&*data),
                 data.last_applied,
                 data.last_membership.clone(),
             )
@@ -382,7 +471,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Normal(proposal) => proposal
                     .items
                     .iter()
-                    .map(|item| data.state.apply(&item.command, &item.context))
+                    .map(|item| {
+                        data.state
+                            .apply_stored(&item.command, &item.context, item.audit_format)
+                    })
                     .collect(),
                 EntryPayload::Membership(membership) => {
                     data.last_membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -420,8 +512,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
-        let mut received: StateMachineData = serde_json::from_slice(&bytes)
-            .map_err(|e| openraft::StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let mut received: StateMachineData = decode_versioned(&bytes).map_err(|e| {
+            openraft::StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                &std::io::Error::other(e),
+            )
+        })?;
         received.last_applied = meta.last_log_id;
         received.last_membership = meta.last_membership.clone();
         self.save_snapshot(meta, &bytes);
@@ -459,14 +555,20 @@ fn tamper_with_audit_event(state: &mut fleet_core::State, sequence: &str) {
     let Ok(sequence) = sequence.parse::<usize>() else {
         return tracing::error!(sequence, "audit-tamper needs return(SEQUENCE)");
     };
-    let mut value = serde_json::to_value(&*state).expect("the state serializes");
-    let Some(summary) = value
-        .pointer_mut(&format!("/audit/{}/summary", sequence.saturating_sub(1)))
-        .and_then(|s| s.as_str().map(|t| t.to_string()))
-    else {
+    // Edited as text: a round trip through serde_json::Value would reorder the keys of every
+    // stored command and break every event, not just this one.
+    let mut text = serde_json::to_string(&*state).expect("the state serializes");
+    let start = format!(
+        "\"format\":{},\"sequence\":{sequence},",
+        fleet_core::audit::AUDIT_EVENT_FORMAT
+    );
+    let Some(at) = text.find(&start) else {
         return tracing::error!(sequence, "audit-tamper: no such event");
     };
-    value["audit"][sequence - 1]["summary"] = format!("{summary} (altered)").into();
-    *state = serde_json::from_value(value).expect("the altered state deserializes");
+    let Some(summary_at) = text[at..].find("\"summary\":\"").map(|i| at + i + 11) else {
+        return tracing::error!(sequence, "audit-tamper: event without a summary");
+    };
+    text.insert_str(summary_at, "(altered) ");
+    *state = serde_json::from_str(&text).expect("the altered state deserializes");
     tracing::error!(sequence, "TEST HOOK: audit event altered in memory");
 }

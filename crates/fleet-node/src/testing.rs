@@ -100,6 +100,27 @@ pub struct NodeSpec {
 }
 
 impl NodeProcess {
+    fn new(
+        id: u64,
+        spec: NodeSpec,
+        binary: PathBuf,
+        extra_args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> NodeProcess {
+        NodeProcess {
+            id,
+            address: spec.address,
+            data_dir: spec.data_dir,
+            log_path: PathBuf::new(),
+            child: None,
+            extra_args,
+            env,
+            binary,
+            wrapper: spec.wrapper,
+            starts: 0,
+        }
+    }
+
     fn spawn(&mut self, start_args: &[String]) {
         self.starts += 1;
         self.log_path = self.data_dir.with_extension(format!("log.{}", self.starts));
@@ -176,6 +197,49 @@ impl NodeProcess {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         self.spawn(&[]);
+    }
+
+    /// Starts the node again with these start flags (e.g. `["--join", ADDRESS]`) and extra
+    /// environment, for this start only.
+    pub fn restart_with_args(&mut self, args: &[&str], env: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "node {} is still running", self.id);
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        self.spawn(&args);
+    }
+
+    /// Removes everything in the node's data dir, as a lost disk would (the directory itself
+    /// stays: it may be a mount point). The node must be stopped.
+    pub fn wipe_data_dir(&mut self) {
+        assert!(self.child.is_none(), "node {} is still running", self.id);
+        let Ok(entries) = std::fs::read_dir(&self.data_dir) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.expect("read the data dir").path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).expect("remove from the data dir");
+            } else {
+                std::fs::remove_file(&path).expect("remove from the data dir");
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, or None if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exit_status() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The exit status if the process has exited (reaped), without waiting.
@@ -260,18 +324,13 @@ impl ProcessCluster {
         };
         for (i, spec) in specs.into_iter().enumerate() {
             let id = i as u64 + 1;
-            let mut node = NodeProcess {
+            let mut node = NodeProcess::new(
                 id,
-                address: spec.address,
-                data_dir: spec.data_dir,
-                log_path: PathBuf::new(),
-                child: None,
-                extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-                env: Vec::new(),
-                binary: binary.clone(),
-                wrapper: spec.wrapper,
-                starts: 0,
-            };
+                spec,
+                binary.clone(),
+                extra_args.iter().map(|s| s.to_string()).collect(),
+                Vec::new(),
+            );
             if i == 0 {
                 node.spawn(&["--bootstrap".to_string()]);
             } else {
@@ -289,6 +348,47 @@ impl ProcessCluster {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Starts a new node `id` on a free port with a new data dir, with `start_args` (e.g.
+    /// `["--join", ADDRESS]`), the cluster's extra arguments and `env`. Does not wait.
+    pub fn spawn_node(
+        &mut self,
+        id: u64,
+        start_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> &mut NodeProcess {
+        let spec = NodeSpec {
+            address: format!("127.0.0.1:{}", free_port()),
+            data_dir: self.dir.path().join(format!("node-{id}")),
+            wrapper: Vec::new(),
+        };
+        self.spawn_node_with(id, spec, start_args, env)
+    }
+
+    /// [`ProcessCluster::spawn_node`] where `spec` says.
+    pub fn spawn_node_with(
+        &mut self,
+        id: u64,
+        spec: NodeSpec,
+        start_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> &mut NodeProcess {
+        assert!(self.nodes.iter().all(|n| n.id != id), "node {id} exists");
+        let template = &self.nodes[0];
+        let mut node = NodeProcess::new(
+            id,
+            spec,
+            template.binary.clone(),
+            template.extra_args.clone(),
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        let args: Vec<String> = start_args.iter().map(|a| a.to_string()).collect();
+        node.spawn(&args);
+        self.nodes.push(node);
+        self.nodes.last_mut().expect("just pushed")
     }
 
     /// All node addresses, comma-separated, as `--endpoints` takes them.
@@ -351,7 +451,8 @@ impl ProcessCluster {
         }
     }
 
-    async fn wait_for_voters(&self, count: usize, timeout: Duration) {
+    /// Waits until the leader reports exactly `count` voters.
+    pub async fn wait_for_voters(&self, count: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let leader = self.wait_for_leader(timeout).await;

@@ -2,7 +2,7 @@
 
 use std::io::Cursor;
 
-use fleet_core::{Command, Context, CoreError, Outcome};
+use fleet_core::{Context, CoreError, Outcome, StoredCommand};
 use serde::{Deserialize, Serialize};
 
 openraft::declare_raft_types!(
@@ -33,8 +33,13 @@ pub struct Proposal {
 /// One command of a [`Proposal`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProposalItem {
-    pub command: Command,
+    /// Serialized once by the leader; every replica applies and hashes this text.
+    pub command: StoredCommand,
     pub context: Context,
+    /// The audit event format of this command's event; 0 (absent) in entries written before
+    /// formats were numbered.
+    #[serde(default)]
+    pub audit_format: u32,
 }
 
 /// What applying one entry gave: one result per item of its [`Proposal`]; empty for blank

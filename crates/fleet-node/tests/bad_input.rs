@@ -84,6 +84,7 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
             workload: "web".into(),
             revision: "main".into(),
             reason: String::new(),
+            allow_rejected: false,
         })
         .await;
     assert_refused(r, Code::InvalidArgument, &["revision", "40 hex"]);
@@ -92,6 +93,7 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
             workload: "web".into(),
             revision: "3f2a00000000000000000000000000000000000z".into(),
             reason: String::new(),
+            allow_rejected: false,
         })
         .await;
     assert_refused(r, Code::InvalidArgument, &["revision"]);
@@ -107,6 +109,7 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
             workload: "api".into(),
             revision: "3f2a000000000000000000000000000000000001".into(),
             reason: String::new(),
+            allow_rejected: false,
         })
         .await;
     assert_refused(r, Code::NotFound, &["workload", "api"]);
@@ -243,6 +246,7 @@ async fn malformed_input_is_refused_by_a_node_that_has_lost_its_quorum() {
             workload: "web".into(),
             revision: "main".into(),
             reason: String::new(),
+            allow_rejected: false,
         })
         .await;
     assert_refused(r, Code::InvalidArgument, &["revision", "40 hex"]);

@@ -16,37 +16,81 @@ use fleet_node::types::TypeConfig;
 use openraft::Vote;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 
-fn payload<T: serde::Serialize>(rpc: &T) -> RaftPayload {
+/// A Raft message naming `from_node` of `cluster_id` as its sender.
+fn payload<T: serde::Serialize>(rpc: &T, cluster_id: &str, from_node: u64) -> RaftPayload {
     RaftPayload {
         json: serde_json::to_vec(rpc).unwrap(),
+        cluster_id: cluster_id.to_string(),
+        from_node,
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raft_messages_with_an_impossible_term_are_refused_and_writes_go_on() {
+async fn raft_messages_with_an_impossible_term_or_from_another_cluster_or_a_non_member_are_refused_and_writes_go_on()
+ {
     let mut cluster = ProcessCluster::start(3, &[]).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let follower = cluster.others(leader)[0];
     let mut raft = RaftServiceClient::connect(format!("http://{}", cluster.address(follower)))
         .await
         .unwrap();
-    // The term openraft would overflow on (`u64::MAX`), from a node that is no member.
+    let cluster_id = cluster.status(leader).await.unwrap().cluster_id;
+    assert_eq!(cluster_id.len(), 32, "{cluster_id:?}");
+    // The term openraft would overflow on (`u64::MAX`), in the leader's name (the sender is
+    // named, not proven, until mutual TLS).
     let append = AppendEntriesRequest::<TypeConfig> {
-        vote: Vote::new_committed(u64::MAX, 99),
+        vote: Vote::new_committed(u64::MAX, leader),
         prev_log_id: None,
         entries: Vec::new(),
         leader_commit: None,
     };
-    let refused = raft.append_entries(payload(&append)).await.unwrap_err();
+    let refused = raft
+        .append_entries(payload(&append, &cluster_id, leader))
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("term"), "{refused:?}");
     // Below the absolute cap, but a million elections ahead of the cluster.
     let vote = VoteRequest::<u64> {
-        vote: Vote::new(1 << 40, 99),
+        vote: Vote::new(1 << 40, leader),
         last_log_id: None,
     };
-    let refused = raft.vote(payload(&vote)).await.unwrap_err();
+    let refused = raft
+        .vote(payload(&vote, &cluster_id, leader))
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    // A plausible term, from another cluster.
+    let current = cluster.status(leader).await.unwrap().term;
+    let vote = VoteRequest::<u64> {
+        vote: Vote::new(current + 1, leader),
+        last_log_id: None,
+    };
+    let refused = raft
+        .vote(payload(&vote, "0123456789abcdef0123456789abcdef", leader))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("cluster"), "{refused:?}");
+    // A plausible term, in this cluster's name, from a node that is no member.
+    let refused = raft
+        .append_entries(payload(
+            &AppendEntriesRequest::<TypeConfig> {
+                vote: Vote::new_committed(current + 1, 99),
+                prev_log_id: None,
+                entries: Vec::new(),
+                leader_commit: None,
+            },
+            &cluster_id,
+            99,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("node 99 is not a member"),
+        "{refused:?}"
+    );
 
     // Nothing changed: every node runs, the leader is a member, writes go on.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -92,4 +136,32 @@ async fn a_panic_in_the_raft_core_ends_the_process_with_exit_code_75() {
     );
     let log = cluster.node(doomed).log();
     assert!(log.contains("raft core is gone"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_vote_with_an_impossible_term_is_refused_at_start_with_the_way_to_recover() {
+    let mut cluster = ProcessCluster::start(1, &[]).await;
+    cluster.node(1).kill();
+    {
+        // As a node that accepted such a vote before terms were capped would have stored it.
+        let db = fleet_node::store::open_db(&cluster.node(1).data_dir).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert(
+            "vote",
+            serde_json::to_vec(&Vote::new(u64::MAX, 99u64)).unwrap(),
+        )
+        .unwrap();
+        db.flush().unwrap();
+    }
+    cluster.node(1).restart();
+    let status = cluster
+        .node(1)
+        .wait_exit(Duration::from_secs(20))
+        .expect("the node refuses to start");
+    assert!(!status.success(), "{status:?}");
+    let log = cluster.node(1).log();
+    assert!(
+        log.contains("stored vote has term") && log.contains("coordinator remove --id 1"),
+        "{log}"
+    );
 }
