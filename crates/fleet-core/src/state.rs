@@ -135,6 +135,18 @@ impl State {
     /// `validate::command`. A node whose state may lag confirms a refusal from these, and only
     /// these, after a read barrier.
     pub fn check_against_state(&self, command: &Command, ctx: &Context) -> Result<(), CoreError> {
+        self.check_against_state_in(command, ctx, crate::audit::AUDIT_EVENT_FORMAT)
+    }
+
+    /// [`State::check_against_state`] by the rules of entry format `format`: a check added in
+    /// format N applies only to entries of format N or later, so that a log replayed by a newer
+    /// build gives the state that was acknowledged when it was written.
+    fn check_against_state_in(
+        &self,
+        command: &Command,
+        ctx: &Context,
+        format: u32,
+    ) -> Result<(), CoreError> {
         match command {
             Command::AddSite { name } => {
                 if self.sites.contains_key(name) {
@@ -192,7 +204,8 @@ impl State {
                 self.require_workload(workload)?;
                 let revision = validate::revision(revision)?;
                 let first = &self.pipeline(workload).environments[0];
-                if !allow_rejected && self.is_rejected(workload, first, &revision) {
+                // Since format 1: format-0 entries were accepted without this check.
+                if format >= 1 && !allow_rejected && self.is_rejected(workload, first, &revision) {
                     return Err(CoreError::FailedPrecondition {
                         message: format!(
                             "{} was rolled back in {first} and is rejected there",
@@ -225,7 +238,8 @@ impl State {
 
     /// [`State::apply`] for a command as stored in the log: its audit event keeps and hashes
     /// the stored text, in `event_format` (the one the log entry names, so that every replica
-    /// and every later build computes the same hash for it).
+    /// and every later build computes the same hash for it), and it is checked by the rules of
+    /// that format.
     ///
     /// # Errors
     /// As [`State::apply`]; also `FailedPrecondition` for an event format this build does not
@@ -246,7 +260,8 @@ impl State {
                 hint: "run the same fleet-node version on every coordinator".into(),
             });
         }
-        self.check(command, ctx)?;
+        validate::command(command, &ctx.actor, &ctx.reason)?;
+        self.check_against_state_in(command, ctx, event_format)?;
         let (outcome, summary) = match command {
             Command::AddSite { name } => {
                 self.sites.insert(

@@ -643,3 +643,28 @@ fn a_revision_rejected_in_the_first_environment_is_published_again_only_with_all
     );
     f.state.verify_audit().unwrap();
 }
+
+#[test]
+fn a_format_0_entry_that_published_a_rejected_revision_replays_as_it_was_acknowledged() {
+    let mut f = Fleet::new(&THREE_SITES);
+    f.ok(Command::Rollback {
+        workload: "web".into(),
+        environment: "staging".into(),
+        to: None,
+    });
+    // Written before the rule existed, without the field.
+    let stored = fleet_core::StoredCommand::from_json(&format!(
+        r#"{{"type":"publish_release","workload":"web","revision":"{B}"}}"#
+    ))
+    .unwrap();
+    let mut by_new_rules = f.state.clone();
+    let refused = by_new_rules
+        .apply_stored(&stored, &ctx(f.now, "alice"), 1)
+        .unwrap_err();
+    assert!(refused.to_string().contains("rejected"), "{refused}");
+    f.state
+        .apply_stored(&stored, &ctx(f.now, "alice"), 0)
+        .expect("a format-0 entry is applied by the rules it was written under");
+    assert_eq!(f.state.audit_events().last().unwrap().format, 0);
+    f.state.verify_audit().unwrap();
+}

@@ -27,6 +27,10 @@
 //!
 //! - A field added to a command, the state or an event is additive: `#[serde(default)]`, so
 //!   data written before it reads as before.
+//! - A rule that refuses more than before applies only to entries of the format that brought
+//!   it (`ProposalItem.audit_format`, passed to `State::apply_stored`), so that replaying an
+//!   older log gives the state that was acknowledged: e.g. publishing a rejected revision is
+//!   refused from format 1 on.
 //! - Any other change takes a new format number here, code that reads every earlier format,
 //!   and a test that reads data written by the previous format (the format-0 data dir in
 //!   `tests/fixtures/` is read by `tests/on_disk_format.rs`).
