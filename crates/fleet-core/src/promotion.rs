@@ -235,11 +235,22 @@ impl State {
         Ok((bad, target))
     }
 
+    /// The promotion commands' checks against the state, by the rules of entry format
+    /// `format` (see `State::apply_stored`).
     pub(crate) fn check_promotion(
         &self,
         command: &Command,
         ctx: &Context,
+        format: u32,
     ) -> Result<(), CoreError> {
+        // From format 1 on, actors are compared trimmed and case-insensitively.
+        let same = |a: &str, b: &str| {
+            if format >= 1 {
+                validate::same_actor(a, b)
+            } else {
+                a == b
+            }
+        };
         match command {
             Command::SetPipeline { workload, pipeline } => {
                 self.require_workload(workload)?;
@@ -337,13 +348,13 @@ impl State {
                     environment,
                     &[RolloutState::AwaitingApproval],
                 )?;
-                if r.started_by == ctx.actor {
+                if same(&r.started_by, &ctx.actor) {
                     return Err(precondition(
                         format!("{} started this promotion", ctx.actor),
                         "approval must come from another operator",
                     ));
                 }
-                if r.approvals.contains(&ctx.actor) {
+                if r.approvals.iter().any(|a| same(a, &ctx.actor)) {
                     return Err(precondition(
                         format!("{} has approved rollout {} already", ctx.actor, r.id),
                         "approvals must come from distinct operators",

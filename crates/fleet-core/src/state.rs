@@ -222,7 +222,7 @@ impl State {
                 self.require_cluster(cluster)?;
                 self.require_workload(&report.workload).map(|_| ())
             }
-            _ => self.check_promotion(command, ctx),
+            _ => self.check_promotion(command, ctx, format),
         }
     }
 
@@ -260,7 +260,7 @@ impl State {
                 hint: "run the same fleet-node version on every coordinator".into(),
             });
         }
-        validate::command(command, &ctx.actor, &ctx.reason)?;
+        validate::command_in(command, &ctx.actor, &ctx.reason, event_format)?;
         self.check_against_state_in(command, ctx, event_format)?;
         let (outcome, summary) = match command {
             Command::AddSite { name } => {

@@ -13,15 +13,32 @@ use crate::rollout::{MAX_REQUIRED_APPROVALS, MAX_SOAK_MS, Pipeline, UNREACHABLE_
 /// every moment, so a node refuses on it at once, without a leader or a read barrier.
 /// [`crate::State::check`] runs it first, then checks the command against the state.
 pub fn command(command: &Command, actor: &str, reason: &str) -> Result<(), CoreError> {
-    if actor.is_empty() {
+    command_in(command, actor, reason, crate::audit::AUDIT_EVENT_FORMAT)
+}
+
+/// [`command`] by the rules of entry format `format` (see `State::apply_stored`): from format 1
+/// on, actors and reasons are single lines ([`one_line`]); format-0 entries allowed newlines
+/// and tabs in them.
+pub fn command_in(
+    command: &Command,
+    actor: &str,
+    reason: &str,
+    format: u32,
+) -> Result<(), CoreError> {
+    if actor.trim().is_empty() {
         return Err(CoreError::invalid(
             "actor",
             "must not be empty",
             "say who acts, e.g. with --as NAME",
         ));
     }
-    text("actor", actor, MAX_ACTOR_LEN)?;
-    text("reason", reason, MAX_REASON_LEN)?;
+    if format >= 1 {
+        one_line("actor", actor, MAX_ACTOR_LEN)?;
+        one_line("reason", reason, MAX_REASON_LEN)?;
+    } else {
+        text("actor", actor, MAX_ACTOR_LEN)?;
+        text("reason", reason, MAX_REASON_LEN)?;
+    }
     match command {
         Command::AddSite { name } => dns_label("site", name),
         Command::AddEnvironment { name } => dns_label("environment", name),
@@ -445,7 +462,36 @@ pub fn revision_in(field: &str, value: &str) -> Result<Revision, CoreError> {
     Ok(Revision(value.to_ascii_lowercase()))
 }
 
-/// Free text with a length limit (actor, reason).
+/// Text that stays on one line, with a length limit: actors and reasons. Every control
+/// character (newline, tab, NUL, escape, ...) is refused: a newline in a reason once made a
+/// table of freezes show a row that did not exist, and an escape sequence can rewrite a
+/// terminal.
+pub fn one_line(field: &str, value: &str, max: usize) -> Result<(), CoreError> {
+    if value.len() > max {
+        return Err(CoreError::invalid(
+            field,
+            format!("{} bytes is over the limit of {max}", value.len()),
+            format!("shorten the {field}"),
+        ));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(CoreError::invalid(
+            field,
+            format!("contains the control character {c:?}"),
+            format!("give the {field} on one line, without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether two actors are the same person, as far as names can tell until identities are
+/// authenticated: compared trimmed and case-insensitively (Unicode lower case), so `kari`,
+/// `kari ` and `KARI` are one approver.
+pub fn same_actor(a: &str, b: &str) -> bool {
+    a.trim().to_lowercase() == b.trim().to_lowercase()
+}
+
+/// Free text with a length limit (agent messages, which may span lines).
 pub fn text(field: &str, value: &str, max: usize) -> Result<(), CoreError> {
     if value.len() > max {
         return Err(CoreError::invalid(

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fleet_node::convert::{ACTOR_METADATA, HINT_METADATA};
+use fleet_node::convert::{ACTOR_BIN_METADATA, ACTOR_METADATA, HINT_METADATA};
 use fleet_node::proto::GetCoordinatorStatusRequest;
 use fleet_node::proto::GetCoordinatorStatusResponse;
 use fleet_node::proto::fleet_service_client::FleetServiceClient;
@@ -78,8 +78,16 @@ impl Req {
     pub fn wrap<M>(&self, message: M) -> Request<M> {
         let mut request = Request::new(message);
         request.set_timeout(self.timeout);
-        if let Ok(value) = self.actor.parse() {
-            request.metadata_mut().insert(ACTOR_METADATA, value);
+        // Names beyond printable ASCII (kåre) travel as binary metadata.
+        if self.actor.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            if let Ok(value) = self.actor.parse() {
+                request.metadata_mut().insert(ACTOR_METADATA, value);
+            }
+        } else {
+            request.metadata_mut().insert_bin(
+                ACTOR_BIN_METADATA,
+                tonic::metadata::MetadataValue::from_bytes(self.actor.as_bytes()),
+            );
         }
         request
     }

@@ -302,3 +302,42 @@ async fn ctl_coordinator_disk_shows_each_nodes_probe_and_verdict() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_actors_beyond_ascii_are_recorded_as_given_and_control_characters_are_refused() {
+    let cluster = ProcessCluster::start(1, &[]).await;
+    let ep = cluster.endpoints();
+    ok_json(&ep, &["--as", "kåre", "site", "add", "oslo"]);
+    ok_json(&ep, &["--as", "  Ola Nordmann ", "site", "add", "bergen"]);
+    let audit = ok_json(&ep, &["audit"]);
+    assert_eq!(
+        audit["events"][0]["actor"], "unauthenticated:kåre",
+        "{audit}"
+    );
+    assert_eq!(audit["events"][1]["actor"], "unauthenticated:Ola Nordmann");
+
+    // A reason with a newline once made `freeze list` show a freeze that did not exist.
+    let out = ctl(
+        &ep,
+        &[
+            "--reason",
+            "xmas\n2  production  2030-01-01T00:00:00Z",
+            "site",
+            "add",
+            "tromso",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "a newline is INVALID_ARGUMENT");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("reason") && stderr.contains("control character"),
+        "{stderr}"
+    );
+    // (NUL cannot be a process argument; the core tests refuse it.)
+    for actor in ["ka\u{1b}[2Jri", "kari\u{7}"] {
+        let out = ctl(&ep, &["--as", actor, "site", "add", "tromso"]);
+        assert_eq!(out.status.code(), Some(2), "{actor:?}");
+    }
+    let sites = ok_json(&ep, &["site", "list"]);
+    assert_eq!(sites["sites"].as_array().unwrap().len(), 2, "{sites}");
+}
