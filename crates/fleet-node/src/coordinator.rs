@@ -52,6 +52,8 @@ pub const DEFAULT_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a member's address may take to answer `Identify` in membership checks.
 pub const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many times a membership check asks an address that does not answer.
+pub const IDENTIFY_ATTEMPTS: u32 = 3;
 /// How often gauges are refreshed.
 const METRICS_PERIOD: Duration = Duration::from_secs(2);
 /// Exit code of a node whose Raft core stopped with a fatal error.
@@ -556,9 +558,18 @@ impl Coordinator {
         }
     }
 
-    /// Checks that `address` answers `Identify` as node `id` of this cluster.
+    /// Checks that `address` answers `Identify` as node `id` of this cluster. A call that
+    /// fails in transport is tried [`IDENTIFY_ATTEMPTS`] times, so that a node slow to accept
+    /// a connection (a loaded machine) is not refused for good.
     async fn check_answers_as(&self, id: NodeId, address: &str) -> Result<(), NodeError> {
-        let answer = identify(&self.peers, address).await;
+        let mut answer = identify(&self.peers, address).await;
+        for _ in 1..IDENTIFY_ATTEMPTS {
+            if answer.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            answer = identify(&self.peers, address).await;
+        }
         let refuse = |message: String| NodeError::FailedPrecondition {
             message,
             hint: format!(
