@@ -605,10 +605,29 @@ fn encode<T: serde::Serialize>(value: &T) -> Response<RaftPayload> {
 }
 
 impl RaftApi {
+    /// Refuses a vote request while this node's log holds no membership: such a node is not a
+    /// member yet (one being added), and a node that lost its disk must not help elect a stale
+    /// leader.
+    fn check_may_vote(&self) -> Result<(), Status> {
+        let metrics = self.0.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .next()
+            .is_none()
+        {
+            return Err(Status::failed_precondition(
+                "vote: this node is not a member yet (its log holds no membership) and does not vote",
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses a message from another cluster, or from a node that is not in the latest
     /// membership in this node's log (voters and learners). A node whose log holds no
-    /// membership yet (one being added) checks the cluster id only, and grants no votes: it is
-    /// not a member, and a node that lost its disk must not help elect a stale leader.
+    /// membership yet (one being added) checks the cluster id only.
     fn check_sender(&self, what: &str, cluster_id: &str, from_node: u64) -> Result<(), Status> {
         if cluster_id != self.0.cluster_id {
             tracing::warn!(what, from = from_node, cluster = %cluster_id, "refused a raft message from another cluster");
@@ -622,11 +641,6 @@ impl RaftApi {
         let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
         let empty = membership.nodes().next().is_none();
-        if empty && what == "vote" {
-            return Err(Status::failed_precondition(
-                "vote: this node is not a member yet (its log holds no membership) and does not vote",
-            ));
-        }
         if !empty && membership.get_node(&from_node).is_none() {
             tracing::warn!(
                 what,
@@ -675,6 +689,7 @@ impl RaftService for RaftApi {
     async fn vote(&self, request: Request<RaftPayload>) -> Reply<RaftPayload> {
         let r = request.get_ref();
         self.check_sender("vote", &r.cluster_id, r.from_node)?;
+        self.check_may_vote()?;
         let rpc: openraft::raft::VoteRequest<crate::types::NodeId> = decode(r)?;
         self.check_term("vote", &rpc.vote)?;
         Ok(encode(&self.0.raft.vote(rpc).await))

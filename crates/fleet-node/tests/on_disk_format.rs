@@ -3,11 +3,11 @@
 //! fixture was written). The fixture `tests/fixtures/format0-single-node` is a real data dir
 //! written by the format-0 `fleet-node` (its README says how); real processes, real `fleet-ctl`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fleet_node::testing::{fleet_node_binary, free_port, sibling_binary};
+use fleet_node::testing::{ProcessCluster, sibling_binary};
 
 /// The audit head of the fixture, as the format-0 `fleet-ctl audit verify` printed it.
 const FIXTURE_HEAD: &str = "c3996115d1cf5691075ea4b639058b2456b77771459019f4a3d12b6010924616";
@@ -22,76 +22,6 @@ fn copy_dir(from: &Path, to: &Path) {
             copy_dir(&entry.path(), &target);
         } else {
             std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-struct Node {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Node {
-    fn start(data_dir: &Path, address: &str, extra: &[&str], log: PathBuf) -> Node {
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(fleet_node_binary())
-            .args(["coordinator", "--id", "1", "--listen", address])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args([
-                "--disk-probe-interval-ms",
-                "0",
-                "--snapshot-after-logs",
-                "3",
-            ])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Node {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut()?.try_wait().unwrap() {
-                self.child = None;
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- node log ----\n{}", self.log());
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }
@@ -126,17 +56,20 @@ fn audit_events(address: &str) -> Vec<serde_json::Value> {
         .unwrap_or_else(|| panic!("no events in {listed}"))
 }
 
-#[test]
-fn a_format_0_data_dir_is_read_and_its_audit_chain_verifies_after_a_command_gained_a_field() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_0_data_dir_is_read_and_its_audit_chain_verifies_after_a_command_gained_a_field() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format0-single-node");
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("node-1");
+    // A node of this build, stopped; its data dir then holds the format-0 fixture instead.
+    let mut cluster = ProcessCluster::start(1, &["--snapshot-after-logs", "3"]).await;
+    cluster.node(1).kill();
+    cluster.node(1).wipe_data_dir();
+    let data_dir = cluster.node(1).data_dir.clone();
     copy_dir(&fixture, &data_dir);
     std::fs::create_dir_all(data_dir.join("sled/blobs")).unwrap();
     assert!(!data_dir.join("identity.json").exists());
-    let address = format!("127.0.0.1:{}", free_port());
+    let address = cluster.address(1);
 
-    let mut node = Node::start(&data_dir, &address, &[], dir.path().join("1.log"));
+    cluster.node(1).restart();
     let verified = ctl(&address, &["audit", "verify"]);
     assert_eq!(verified["verified"], true, "{verified}");
     assert_eq!(verified["events"], FIXTURE_EVENTS, "{verified}");
@@ -177,8 +110,8 @@ fn a_format_0_data_dir_is_read_and_its_audit_chain_verifies_after_a_command_gain
         ctl(&address, &["release", "publish", "web", revision]);
     }
     ctl(&address, &["site", "add", "trondheim"]);
-    node.stop();
-    let mut node = Node::start(&data_dir, &address, &[], dir.path().join("2.log"));
+    cluster.node(1).terminate(Duration::from_secs(10));
+    cluster.node(1).restart();
     let verified = ctl(&address, &["audit", "verify"]);
     assert_eq!(verified["verified"], true, "{verified}");
     assert_eq!(verified["events"], FIXTURE_EVENTS + 3, "{verified}");
@@ -186,24 +119,32 @@ fn a_format_0_data_dir_is_read_and_its_audit_chain_verifies_after_a_command_gain
     assert_eq!(events[0]["format"], 0, "{:?}", events[0]);
     assert_eq!(events[events.len() - 1]["format"], 1);
     assert_eq!(events[FIXTURE_EVENTS as usize - 1]["hash"], FIXTURE_HEAD);
-    assert!(node.log().contains("snapshot"), "{}", node.log());
-    node.stop();
+    cluster.node(1).terminate(Duration::from_secs(10));
+    {
+        let db = fleet_node::store::open_db(&data_dir).unwrap();
+        let snapshot = db
+            .open_tree("snapshot")
+            .unwrap()
+            .get("data")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            snapshot[0],
+            fleet_node::store::STORE_FORMAT,
+            "the snapshot was rebuilt in this build's format"
+        );
+    }
 
     // The data dir belongs to a cluster now: --bootstrap on it is refused.
-    let mut node = Node::start(
-        &data_dir,
-        &address,
-        &["--bootstrap"],
-        dir.path().join("3.log"),
-    );
-    let status = node
+    cluster.node(1).restart_with_args(&["--bootstrap"], &[]);
+    let status = cluster
+        .node(1)
         .wait_exit(Duration::from_secs(20))
         .expect("--bootstrap on a data dir of a cluster is refused");
     assert!(!status.success());
+    let log = cluster.node(1).log();
     assert!(
-        node.log()
-            .contains("already belongs to coordinator cluster"),
-        "{}",
-        node.log()
+        log.contains("already belongs to coordinator cluster"),
+        "{log}"
     );
 }
