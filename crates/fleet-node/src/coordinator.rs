@@ -375,8 +375,9 @@ impl Coordinator {
     /// # Errors
     /// `InvalidArgument` for an address that is not HOST:PORT; `AlreadyExists` for an id that
     /// is a voter, or an id or address that another member has; `FailedPrecondition` when the
-    /// address does not answer as that node, when another membership change runs, or when the
-    /// learner did not catch up in time (it then stays a learner).
+    /// address does not answer as that node or the learner was removed meanwhile;
+    /// `MembershipBusy` while another membership change runs; `CatchUpTimeout` when the learner
+    /// did not catch up in time (it then stays a learner).
     pub async fn add_coordinator(
         &self,
         id: NodeId,
@@ -405,7 +406,10 @@ impl Coordinator {
         {
             // The learner is added under the lock; the catch-up wait runs without it, so that
             // a learner that never catches up can be removed meanwhile.
-            let _one_at_a_time = self.membership_change.try_lock().map_err(|_| busy())?;
+            let _one_at_a_time = self
+                .membership_change
+                .try_lock()
+                .map_err(|_| NodeError::MembershipBusy)?;
             let membership = self.membership();
             let is_voter = membership.voter_ids().any(|v| v == id);
             if let Some(node) = membership.get_node(&id) {
@@ -448,13 +452,13 @@ impl Coordinator {
             }
         }
         self.wait_caught_up(id, catch_up).await?;
-        let _one_at_a_time = self.membership_change.try_lock().map_err(|_| busy())?;
-        let still_learner = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            let membership = metrics.membership_config.membership();
-            membership.get_node(&id).is_some() && !membership.voter_ids().any(|v| v == id)
-        };
+        let _one_at_a_time = self
+            .membership_change
+            .try_lock()
+            .map_err(|_| NodeError::MembershipBusy)?;
+        let membership = self.membership();
+        let still_learner =
+            membership.get_node(&id).is_some() && !membership.voter_ids().any(|v| v == id);
         if !still_learner {
             return Err(NodeError::FailedPrecondition {
                 message: format!("node {id} is no longer a learner (removed while catching up?)"),
@@ -474,9 +478,9 @@ impl Coordinator {
     /// nodes that answer, unless `force`.
     ///
     /// # Errors
-    /// `NotFound` for a node that is not a member; `FailedPrecondition` for the last voter,
-    /// for a removal that would leave no reachable quorum (without `force`), or while another
-    /// membership change runs.
+    /// `NotFound` for a node that is not a member; `FailedPrecondition` for the last voter or
+    /// for a removal that would leave no reachable quorum (without `force`); `MembershipBusy`
+    /// while another membership change runs.
     pub async fn remove_coordinator(&self, id: NodeId, force: bool) -> Result<u64, NodeError> {
         if let Some(leader_address) = self.leader_elsewhere()? {
             let mut client = FleetServiceClient::new(self.peers.channel(&leader_address));
@@ -486,7 +490,10 @@ impl Coordinator {
                 .map_err(NodeError::from_leader)?;
             return Ok(reply.into_inner().result.map_or(0, |r| r.log_index));
         }
-        let _one_at_a_time = self.membership_change.try_lock().map_err(|_| busy())?;
+        let _one_at_a_time = self
+            .membership_change
+            .try_lock()
+            .map_err(|_| NodeError::MembershipBusy)?;
         let membership = self.membership();
         if membership.get_node(&id).is_none() {
             return Err(NodeError::NotFound {
@@ -613,15 +620,7 @@ impl Coordinator {
             if matched.is_some_and(|m| m >= target) {
                 return Ok(());
             }
-            let member = self
-                .raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .get_node(&id)
-                .is_some();
-            if !member {
+            if self.membership().get_node(&id).is_none() {
                 return Err(NodeError::FailedPrecondition {
                     message: format!("node {id} was removed while it caught up"),
                     hint: "add it again if that was not meant".into(),
@@ -663,10 +662,6 @@ impl Coordinator {
             ServerState::Shutdown => "Shutdown",
         }
     }
-}
-
-fn busy() -> NodeError {
-    NodeError::MembershipBusy
 }
 
 /// Asks `address` who it is, within [`IDENTIFY_TIMEOUT`].
@@ -853,14 +848,7 @@ where
             )));
         }
         Start::Join(member) => {
-            let voter = raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .voter_ids()
-                .any(|v| v == config.id);
-            if voter {
+            if coordinator.membership().voter_ids().any(|v| v == config.id) {
                 tracing::info!(
                     node = config.id,
                     "already a voter: resuming from the data dir"
