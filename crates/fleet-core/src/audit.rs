@@ -9,7 +9,13 @@
 //! - format 0 (events written before formats were numbered; `format` absent): SHA-256 over
 //!   `sequence` and `time_ms` (u64 big-endian), then `actor`, `reason`, `summary`, `prev_hash`
 //!   and the command text, each as its length (u64 big-endian) and its UTF-8 bytes.
-//! - format 1 (written now): the byte `1`, then the same as format 0.
+//! - format 1: the byte `1`, then the same as format 0. Its entries are checked by the rules
+//!   of format 1 (actors compared trimmed and case-insensitively, control characters refused,
+//!   a rejected revision published only with `allow_rejected`).
+//! - format 2 (written now): the byte `2`, then the same as format 0. Its entries are also
+//!   checked by the rollout rules of format 2 (`rollout::ROLLOUT_RULES_V2`): a pipeline change
+//!   may not leave out an environment with an active rollout, and a rollout started by a
+//!   format-2 `Promote` follows the planner of format 2.
 //!
 //! An event's format is chosen by the log entry it comes from (`ProposalItem.audit_format` in
 //! fleet-node; 0 for entries from before formats), never by the build that applies it, so a
@@ -27,7 +33,7 @@ use crate::command::{Context, StoredCommand};
 use crate::model::TimeMs;
 
 /// The format of the events this build writes (see the module docs).
-pub const AUDIT_EVENT_FORMAT: u32 = 1;
+pub const AUDIT_EVENT_FORMAT: u32 = 2;
 
 /// The `prev_hash` of the first event.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -86,6 +92,7 @@ impl AuditEvent {
         match self.format {
             0 => {}
             1 => hasher.update([1u8]),
+            2 => hasher.update([2u8]),
             _ => return None,
         }
         for part in [
@@ -195,23 +202,26 @@ mod tests {
     #[test]
     fn an_event_of_an_unknown_format_does_not_verify() {
         let mut event = format0_publish_event();
-        event.format = 2;
+        event.format = AUDIT_EVENT_FORMAT + 1;
         assert_eq!(
             verify_chain(&[event]),
             Err(AuditVerifyError::UnknownFormat {
                 sequence: 1,
-                format: 2
+                format: AUDIT_EVENT_FORMAT + 1
             })
         );
     }
 
     #[test]
     fn the_format_is_part_of_the_hash() {
-        let mut event = format0_publish_event();
-        event.format = 1;
-        assert_eq!(
-            verify_chain(&[event]),
-            Err(AuditVerifyError::HashMismatch { sequence: 1 })
-        );
+        for format in 1..=AUDIT_EVENT_FORMAT {
+            let mut event = format0_publish_event();
+            event.format = format;
+            assert_eq!(
+                verify_chain(&[event]),
+                Err(AuditVerifyError::HashMismatch { sequence: 1 }),
+                "format {format}"
+            );
+        }
     }
 }

@@ -254,7 +254,34 @@ impl State {
         match command {
             Command::SetPipeline { workload, pipeline } => {
                 self.require_workload(workload)?;
-                rollout::validate_pipeline(self, pipeline)
+                rollout::validate_pipeline(self, pipeline)?;
+                // Since format 2: format-1 entries were accepted without this check.
+                if format >= rollout::ROLLOUT_RULES_V2 {
+                    let running = self
+                        .rollouts
+                        .get(workload)
+                        .into_iter()
+                        .flat_map(|by_env| by_env.values())
+                        .filter_map(|list| list.last())
+                        .find(|r| {
+                            r.state.is_active() && !pipeline.environments.contains(&r.environment)
+                        });
+                    if let Some(r) = running {
+                        return Err(precondition(
+                            format!(
+                                "the new pipeline leaves out {}, where rollout {} of {workload} is {}",
+                                r.environment,
+                                r.id,
+                                r.state.as_str()
+                            ),
+                            format!(
+                                "let it finish, or abort it first with `fleet-ctl rollout abort {workload} --env {}`",
+                                r.environment
+                            ),
+                        ));
+                    }
+                }
+                Ok(())
             }
             Command::SetRequiredApprovals { environment, .. } => {
                 self.require_environment(environment).map(|_| ())
@@ -446,6 +473,7 @@ impl State {
         &mut self,
         command: &Command,
         ctx: &Context,
+        format: u32,
     ) -> (Outcome, String) {
         match command {
             Command::SetPipeline { workload, pipeline } => {
@@ -526,6 +554,11 @@ impl State {
                     override_freeze: *override_freeze,
                     allow_rejected: *allow_rejected,
                     message: String::new(),
+                    rules: format,
+                    pipeline: (format >= rollout::ROLLOUT_RULES_V2)
+                        .then(|| self.pipeline(workload)),
+                    updated_at_ms: Default::default(),
+                    set_aside: Default::default(),
                 };
                 let waves: Vec<String> = r
                     .waves
@@ -546,6 +579,16 @@ impl State {
                         waves.join(", ")
                     }
                 );
+                if let Some(p) = &r.pipeline {
+                    summary.push_str(&format!(
+                        "; runs with soak {} s, max unavailable {}, failure budget {}, auto rollback {}, progress deadline {} s",
+                        p.soak_ms / 1000,
+                        p.max_unavailable,
+                        p.failure_budget,
+                        p.auto_rollback,
+                        p.progress_deadline_ms / 1000
+                    ));
+                }
                 if required > 0 {
                     summary.push_str(&format!("; awaiting {required} approvals"));
                 }
@@ -730,9 +773,13 @@ impl State {
                         short(&r.revision)
                     ));
                 }
-                self.rollout_mut(workload, environment)
-                    .updated
-                    .extend(clusters.iter().cloned());
+                let rm = self.rollout_mut(workload, environment);
+                rm.updated.extend(clusters.iter().cloned());
+                if rm.follows_v2() {
+                    for c in clusters {
+                        rm.updated_at_ms.insert(c.clone(), ctx.now_ms);
+                    }
+                }
                 (
                     changed,
                     format!("{head}, wave {}: {}", wave_name(r.wave), moves.join(", ")),
@@ -751,16 +798,61 @@ impl State {
                     RolloutState::Running,
                 )
             }
-            RolloutStep::Succeed => {
-                self.set_desired(workload, environment, &r.revision);
+            RolloutStep::SetAside { clusters, why } => {
+                let budget = r.settings(self).failure_budget;
+                let rm = self.rollout_mut(workload, environment);
+                for (c, why) in clusters.iter().zip(why) {
+                    rm.set_aside.insert(c.clone(), why.clone());
+                }
+                let used = rm.set_aside.len();
+                let detail: Vec<String> = clusters
+                    .iter()
+                    .zip(why)
+                    .map(|(c, why)| format!("{c} failed ({why})"))
+                    .collect();
                 (
                     Vec::new(),
                     format!(
-                        "{head}: succeeded; {environment} runs {}",
-                        short(&r.revision)
+                        "{head}, wave {}: {}; set aside, {used} of the failure budget of {budget} used",
+                        wave_name(r.wave),
+                        detail.join(", ")
                     ),
-                    RolloutState::Succeeded,
+                    RolloutState::Running,
                 )
+            }
+            RolloutStep::Succeed => {
+                self.set_desired(workload, environment, &r.revision);
+                if r.set_aside.is_empty() {
+                    (
+                        Vec::new(),
+                        format!(
+                            "{head}: succeeded; {environment} runs {}",
+                            short(&r.revision)
+                        ),
+                        RolloutState::Succeeded,
+                    )
+                } else {
+                    let detail: Vec<String> = r
+                        .set_aside
+                        .iter()
+                        .map(|(c, why)| format!("{c} ({why})"))
+                        .collect();
+                    let message = format!(
+                        "{} failed within the failure budget and do not run {}: {}",
+                        r.set_aside.len(),
+                        short(&r.revision),
+                        detail.join("; ")
+                    );
+                    self.rollout_mut(workload, environment).message = message.clone();
+                    (
+                        Vec::new(),
+                        format!(
+                            "{head}: succeeded with failures; {environment} is assigned {}; {message}",
+                            short(&r.revision)
+                        ),
+                        RolloutState::SucceededWithFailures,
+                    )
+                }
             }
             RolloutStep::Halt {
                 reason, rollback, ..
@@ -803,6 +895,73 @@ impl State {
             r.finished_at_ms = Some(ctx.now_ms);
         }
         (rollout_outcome(r, changed), summary)
+    }
+
+    /// A cluster just registered in `environment` joins every active rollout into it that
+    /// follows rules 2: its wave when that wave has not finished, otherwise the current wave,
+    /// as a pending cluster from the revision it was just assigned. Returns a phrase per
+    /// rollout joined, for the audit summary.
+    pub(crate) fn join_rollouts(&mut self, cluster: &str) -> Vec<String> {
+        let c = self.cluster(cluster).expect("just registered").clone();
+        let assigned: BTreeMap<String, Revision> = self
+            .assignments(cluster)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| (a.workload.clone(), a.revision.clone()))
+            .collect();
+        let mut joined = Vec::new();
+        let workloads: Vec<String> = self.rollouts.keys().cloned().collect();
+        for workload in workloads {
+            let Some(r) = self.active_rollout(&workload, &c.environment) else {
+                continue;
+            };
+            if !r.follows_v2() {
+                continue;
+            }
+            let key = rollout::wave_name(&r.settings(self), &c);
+            let r = self.rollout_mut(&workload, &c.environment);
+            let at = match r.waves.iter().position(|w| w.name == key) {
+                Some(i) if i >= r.wave as usize => i,
+                Some(_) => r.wave as usize,
+                None => {
+                    r.waves.push(rollout::Wave {
+                        name: key,
+                        clusters: Vec::new(),
+                    });
+                    r.waves.len() - 1
+                }
+            };
+            let wave = &mut r.waves[at];
+            wave.clusters.push(cluster.to_string());
+            wave.clusters.sort();
+            r.from
+                .insert(cluster.to_string(), assigned.get(&workload).cloned());
+            joined.push(format!(
+                "joins rollout {} of {workload} in wave {}",
+                r.id, wave.name
+            ));
+        }
+        joined
+    }
+
+    /// A cluster just removed leaves every rollout that follows rules 2 (older rollouts skip
+    /// removed clusters when they look at them).
+    pub(crate) fn leave_rollouts(&mut self, cluster: &str) {
+        for r in self
+            .rollouts
+            .values_mut()
+            .flat_map(|by_env| by_env.values_mut())
+            .filter_map(|list| list.last_mut())
+            .filter(|r| r.state.is_active() && r.follows_v2())
+        {
+            for w in &mut r.waves {
+                w.clusters.retain(|c| c != cluster);
+            }
+            r.from.remove(cluster);
+            r.updated.remove(cluster);
+            r.updated_at_ms.remove(cluster);
+            r.set_aside.remove(cluster);
+        }
     }
 
     fn reject(&mut self, workload: &str, environment: &str, revision: &Revision) {

@@ -34,6 +34,27 @@ pub const MAX_REQUIRED_APPROVALS: u32 = 16;
 pub const MAX_HISTORY_PER_ENVIRONMENT: usize = 100;
 /// Finished rollouts kept per workload and environment.
 pub const MAX_FINISHED_ROLLOUTS_KEPT: usize = 20;
+/// Default time an updated cluster has to become Healthy before it counts as failed (Argo
+/// Rollouts' `progressDeadlineSeconds` defaults to the same 10 minutes).
+pub const DEFAULT_PROGRESS_DEADLINE_MS: u64 = 10 * 60_000;
+/// The entry format from which a rollout follows the planner rules of this build: it keeps
+/// the pipeline it started with, a failure within the budget is set aside, a cluster that
+/// joins the environment joins the rollout, and an updated cluster has a progress deadline.
+/// A rollout started by an older entry keeps the rules it started under (see [`Rollout::rules`]),
+/// so a log replayed by this build reaches the state that was acknowledged.
+pub const ROLLOUT_RULES_V2: u32 = 2;
+
+/// Most clusters one planner step names (rules 2 on): more wait for the next tick. With
+/// [`MAX_WHY_CHARS`] this keeps a step far below the coordinator's 2 MiB log entry.
+pub const MAX_CLUSTERS_PER_STEP: usize = 1000;
+/// Longest reason kept per cluster in a step, in characters.
+pub const MAX_WHY_CHARS: usize = 256;
+/// Clusters a halt's reason lists by name (rules 2 on); the rest are counted.
+pub const MAX_CLUSTERS_IN_REASON: usize = 20;
+
+fn default_progress_deadline_ms() -> u64 {
+    DEFAULT_PROGRESS_DEADLINE_MS
+}
 
 /// How a workload moves through the environments.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,12 +71,18 @@ pub struct Pipeline {
     pub wave_label: Option<String>,
     /// Most clusters of a wave that change (are updated and not yet Healthy) at once.
     pub max_unavailable: u32,
-    /// Failed, Degraded or long-unreachable clusters a rollout tolerates; one more halts it.
+    /// Failed, Degraded, long-unreachable or past-deadline clusters a rollout tolerates (from
+    /// rules 2 they are set aside and the waves go on); one more halts it.
     pub failure_budget: u32,
     /// Roll back every cluster the rollout changed when it halts.
     pub auto_rollback: bool,
     /// After this long without a report, an unreachable cluster counts against the budget.
     pub unreachable_timeout_ms: u64,
+    /// An updated cluster that is still not Healthy this long after its update counts against
+    /// the budget (rollouts started from entry format 2). Absent in pipelines set before it
+    /// existed: [`DEFAULT_PROGRESS_DEADLINE_MS`].
+    #[serde(default = "default_progress_deadline_ms")]
+    pub progress_deadline_ms: u64,
 }
 
 impl Pipeline {
@@ -71,6 +98,7 @@ impl Pipeline {
             failure_budget: 0,
             auto_rollback: true,
             unreachable_timeout_ms: DEFAULT_UNREACHABLE_TIMEOUT_MS,
+            progress_deadline_ms: DEFAULT_PROGRESS_DEADLINE_MS,
         }
     }
 }
@@ -87,6 +115,9 @@ pub enum RolloutState {
     /// Stopped on the failure budget and every changed cluster set back.
     RolledBack,
     Succeeded,
+    /// Every wave done, with clusters that failed within the failure budget set aside
+    /// ([`Rollout::set_aside`] names them): they are assigned the revision but do not run it.
+    SucceededWithFailures,
     Aborted,
 }
 
@@ -106,6 +137,7 @@ impl RolloutState {
             RolloutState::Halted => "halted",
             RolloutState::RolledBack => "rolled_back",
             RolloutState::Succeeded => "succeeded",
+            RolloutState::SucceededWithFailures => "succeeded_with_failures",
             RolloutState::Aborted => "aborted",
         }
     }
@@ -143,6 +175,36 @@ pub struct Rollout {
     pub allow_rejected: bool,
     /// Why it halted or was rolled back.
     pub message: String,
+    /// The rules it follows: the entry format of the `Promote` that started it (0 in rollouts
+    /// from before this field). From [`ROLLOUT_RULES_V2`] on, the rules of this build.
+    #[serde(default)]
+    pub rules: u32,
+    /// The pipeline settings it runs with, as they were when it started (rules 2 on); absent:
+    /// the workload's pipeline now.
+    #[serde(default)]
+    pub pipeline: Option<Pipeline>,
+    /// When each updated cluster was assigned the revision (rules 2 on).
+    #[serde(default)]
+    pub updated_at_ms: BTreeMap<String, TimeMs>,
+    /// Clusters that failed within the failure budget, and why (rules 2 on). They keep the
+    /// revision's assignment, count against the budget and no longer hold their wave.
+    #[serde(default)]
+    pub set_aside: BTreeMap<String, String>,
+}
+
+impl Rollout {
+    /// The pipeline settings this rollout runs with: those it started with, or for a rollout
+    /// from before rules 2, the workload's pipeline now.
+    pub fn settings(&self, state: &State) -> Pipeline {
+        self.pipeline
+            .clone()
+            .unwrap_or_else(|| state.pipeline(&self.workload))
+    }
+
+    /// Whether it follows the rules of this build ([`ROLLOUT_RULES_V2`]).
+    pub fn follows_v2(&self) -> bool {
+        self.rules >= ROLLOUT_RULES_V2
+    }
 }
 
 /// A freeze window: no promotion into `environment` starts or advances between `from_ms` and
@@ -167,7 +229,13 @@ pub enum RolloutStep {
     StartWave { wave: u32 },
     /// The last wave has been Healthy for the soak time.
     Succeed,
-    /// Over the failure budget.
+    /// These clusters failed, within the failure budget: record them and go on without them
+    /// (rules 2 on). `why` is one line per cluster, in the order of `clusters`.
+    SetAside {
+        clusters: Vec<String>,
+        why: Vec<String>,
+    },
+    /// Over the failure budget. `failed` names at most [`MAX_CLUSTERS_PER_STEP`] clusters.
     Halt {
         reason: String,
         failed: Vec<String>,
@@ -190,6 +258,8 @@ pub enum Progress {
     Unreachable { silent_ms: u64 },
     /// The rollout was rolled back and this cluster set back to its revision from before.
     RolledBack,
+    /// It failed within the failure budget and the rollout went on without it.
+    SetAside { why: String },
 }
 
 impl Progress {
@@ -201,6 +271,7 @@ impl Progress {
             Progress::Failed { .. } => "failed",
             Progress::Unreachable { .. } => "unreachable",
             Progress::RolledBack => "rolled_back",
+            Progress::SetAside { .. } => "set_aside",
         }
     }
 }
@@ -254,8 +325,11 @@ pub fn rollout_progress(state: &State, r: &Rollout, now_ms: TimeMs) -> Vec<(Stri
         .map(|c| {
             let p = if r.state == RolloutState::RolledBack && r.updated.contains(c) {
                 Progress::RolledBack
+            } else if let Some(why) = r.set_aside.get(c) {
+                Progress::SetAside { why: why.clone() }
             } else if r.updated.contains(c) {
-                cluster_progress(state, c, &r.workload, &r.revision, r.started_at_ms, now_ms)
+                let since = r.updated_at_ms.get(c).copied().unwrap_or(r.started_at_ms);
+                cluster_progress(state, c, &r.workload, &r.revision, since, now_ms)
             } else {
                 Progress::Pending
             };
@@ -275,8 +349,274 @@ pub fn frozen<'a>(
         .find(|f| f.environment == environment && f.from_ms <= now_ms && now_ms < f.to_ms)
 }
 
-/// The next step of a running rollout at `now_ms`, if any.
+/// The next step of a running rollout at `now_ms`, if any, by the rules the rollout follows.
 pub fn next_step(state: &State, r: &Rollout, now_ms: TimeMs) -> Option<RolloutStep> {
+    if r.follows_v2() {
+        decide(state, r, now_ms).ok()
+    } else {
+        next_step_v1(state, r, now_ms)
+    }
+}
+
+/// What holds a rollout at `now_ms`: why the planner takes no step. `None` while it has a
+/// step to take and once it has finished.
+pub fn hold(state: &State, r: &Rollout, now_ms: TimeMs) -> Option<Hold> {
+    if !r.state.is_active() || next_step(state, r, now_ms).is_some() {
+        return None;
+    }
+    decide(state, r, now_ms).err()
+}
+
+/// Why a rollout takes no step now; shown by `rollout status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// It waits for approvals.
+    Approval { have: u32, need: u32 },
+    /// An operator paused it.
+    Paused,
+    /// A freeze window covers the environment.
+    Freeze {
+        id: u64,
+        until_ms: TimeMs,
+        reason: String,
+    },
+    /// Clusters of the wave wait while `changing` use all `max_unavailable` slots.
+    MaxUnavailable {
+        changing: Vec<String>,
+        max_unavailable: u32,
+        waiting: u32,
+    },
+    /// Every cluster of the wave is updated; these are not Healthy yet.
+    Changing { clusters: Vec<String> },
+    /// The wave is Healthy and soaks; `remaining_ms` to go.
+    Soak { wave: String, remaining_ms: u64 },
+    /// Not running and not waiting for anything the planner can see.
+    Finished,
+}
+
+impl Hold {
+    /// Short name: approval, paused, freeze, max_unavailable, changing, soak or finished.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Hold::Approval { .. } => "approval",
+            Hold::Paused => "paused",
+            Hold::Freeze { .. } => "freeze",
+            Hold::MaxUnavailable { .. } => "max_unavailable",
+            Hold::Changing { .. } => "changing",
+            Hold::Soak { .. } => "soak",
+            Hold::Finished => "finished",
+        }
+    }
+}
+
+impl std::fmt::Display for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hold::Approval { have, need } => {
+                write!(
+                    f,
+                    "approval: {have} of {need} approvals; `fleet-ctl approve`"
+                )
+            }
+            Hold::Paused => write!(f, "paused: `fleet-ctl rollout resume` continues it"),
+            Hold::Freeze {
+                id,
+                until_ms,
+                reason,
+            } => {
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(*until_ms);
+                write!(
+                    f,
+                    "freeze {id} until {}{}",
+                    humantime::format_rfc3339_seconds(at),
+                    if reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({reason})")
+                    }
+                )
+            }
+            Hold::MaxUnavailable {
+                changing,
+                max_unavailable,
+                waiting,
+            } => write!(
+                f,
+                "max unavailable {max_unavailable}: {waiting} clusters wait while {} change",
+                changing.join(", ")
+            ),
+            Hold::Changing { clusters } => {
+                write!(f, "changing: {} not Healthy yet", clusters.join(", "))
+            }
+            Hold::Soak { wave, remaining_ms } => write!(
+                f,
+                "soak: wave {wave} Healthy, {} s of the soak to go",
+                remaining_ms.div_ceil(1000)
+            ),
+            Hold::Finished => write!(f, "finished"),
+        }
+    }
+}
+
+/// The planner by the rules of entry format 2 on (the rollout's [`Rollout::rules`]): the next
+/// step, or what holds the rollout.
+///
+/// 1. A cluster that failed (sync Failed on this revision, Degraded on it, unreachable for the
+///    pipeline's `unreachable_timeout_ms`, or not Healthy `progress_deadline_ms` after its
+///    update) and is not set aside yet counts against the failure budget together with those
+///    set aside before: over the budget the rollout halts (rolling back if the pipeline says
+///    so), within it the new failures are set aside.
+/// 2. In the current wave, pending clusters are updated while fewer than `max_unavailable`
+///    are changing (updated, not yet Healthy, not set aside). A freeze window holds updates.
+/// 3. When no cluster of the wave is pending or changing, and the wave's Healthy clusters
+///    have been Healthy for the soak, the next wave starts (a freeze holds it), or after the
+///    last wave the rollout succeeds.
+fn decide(state: &State, r: &Rollout, now_ms: TimeMs) -> Result<RolloutStep, Hold> {
+    match r.state {
+        RolloutState::Running => {}
+        RolloutState::AwaitingApproval => {
+            return Err(Hold::Approval {
+                have: r.approvals.len() as u32,
+                need: r.required_approvals,
+            });
+        }
+        RolloutState::Paused => return Err(Hold::Paused),
+        _ => return Err(Hold::Finished),
+    }
+    let pipeline = r.settings(state);
+    let progress: BTreeMap<String, Progress> =
+        rollout_progress(state, r, now_ms).into_iter().collect();
+    let mut failed: Vec<(String, String)> = Vec::new();
+    for (c, p) in &progress {
+        let why = match p {
+            Progress::Failed { why } => why.clone(),
+            Progress::Unreachable { silent_ms }
+                if *silent_ms >= pipeline.unreachable_timeout_ms =>
+            {
+                format!("unreachable for {} s", silent_ms / 1000)
+            }
+            Progress::Updating => {
+                let since = r.updated_at_ms.get(c).copied().unwrap_or(r.started_at_ms);
+                let for_ms = now_ms.saturating_sub(since);
+                if for_ms < pipeline.progress_deadline_ms {
+                    continue;
+                }
+                format!(
+                    "not Healthy {} s after its update (progress deadline {} s)",
+                    for_ms / 1000,
+                    pipeline.progress_deadline_ms / 1000
+                )
+            }
+            _ => continue,
+        };
+        failed.push((c.clone(), why.chars().take(MAX_WHY_CHARS).collect()));
+    }
+    let total = r.set_aside.len() + failed.len();
+    if total as u32 > pipeline.failure_budget {
+        let mut detail: Vec<String> = r
+            .set_aside
+            .iter()
+            .map(|(c, why)| format!("{c}: {why} (set aside before)"))
+            .chain(failed.iter().map(|(c, why)| format!("{c}: {why}")))
+            .take(MAX_CLUSTERS_IN_REASON)
+            .collect();
+        if total > MAX_CLUSTERS_IN_REASON {
+            detail.push(format!("and {} more", total - MAX_CLUSTERS_IN_REASON));
+        }
+        let mut names: Vec<String> = r.set_aside.keys().cloned().collect();
+        names.extend(failed.iter().map(|(c, _)| c.clone()));
+        names.truncate(MAX_CLUSTERS_PER_STEP);
+        return Ok(RolloutStep::Halt {
+            reason: format!(
+                "{total} failed clusters, over the failure budget of {}: {}",
+                pipeline.failure_budget,
+                detail.join("; ")
+            ),
+            failed: names,
+            rollback: pipeline.auto_rollback,
+        });
+    }
+    if !failed.is_empty() {
+        failed.truncate(MAX_CLUSTERS_PER_STEP);
+        let (clusters, why) = failed.into_iter().unzip();
+        return Ok(RolloutStep::SetAside { clusters, why });
+    }
+    let freeze = if r.override_freeze {
+        None
+    } else {
+        frozen(state.freezes(), &r.environment, now_ms)
+    };
+    let freeze_hold = |f: &Freeze| Hold::Freeze {
+        id: f.id,
+        until_ms: f.to_ms,
+        reason: f.reason.clone(),
+    };
+    let Some(wave) = r.waves.get(r.wave as usize) else {
+        return Ok(RolloutStep::Succeed); // No clusters in the environment.
+    };
+    let in_wave = |want: fn(&Progress) -> bool| -> Vec<String> {
+        wave.clusters
+            .iter()
+            .filter(|c| progress.get(*c).is_some_and(want))
+            .cloned()
+            .collect()
+    };
+    let changing = in_wave(|p| matches!(p, Progress::Updating | Progress::Unreachable { .. }));
+    let pending = in_wave(|p| matches!(p, Progress::Pending));
+    if !pending.is_empty() {
+        if let Some(f) = freeze {
+            return Err(freeze_hold(f));
+        }
+        let room = (pipeline
+            .max_unavailable
+            .saturating_sub(changing.len() as u32) as usize)
+            .min(MAX_CLUSTERS_PER_STEP);
+        if room == 0 {
+            return Err(Hold::MaxUnavailable {
+                waiting: pending.len() as u32,
+                changing,
+                max_unavailable: pipeline.max_unavailable,
+            });
+        }
+        return Ok(RolloutStep::Update {
+            clusters: pending.into_iter().take(room).collect(),
+        });
+    }
+    if !changing.is_empty() {
+        return Err(Hold::Changing { clusters: changing });
+    }
+    let healthy_since = healthy_since(wave, &progress);
+    let soaked_ms = now_ms.saturating_sub(healthy_since);
+    if soaked_ms < pipeline.soak_ms {
+        return Err(Hold::Soak {
+            wave: wave.name.clone(),
+            remaining_ms: pipeline.soak_ms - soaked_ms,
+        });
+    }
+    if r.wave as usize + 1 >= r.waves.len() {
+        Ok(RolloutStep::Succeed)
+    } else if let Some(f) = freeze {
+        Err(freeze_hold(f))
+    } else {
+        Ok(RolloutStep::StartWave { wave: r.wave + 1 })
+    }
+}
+
+/// When the last of the wave's Healthy clusters became Healthy (0 when none is).
+fn healthy_since(wave: &Wave, progress: &BTreeMap<String, Progress>) -> TimeMs {
+    wave.clusters
+        .iter()
+        .filter_map(|c| match progress.get(c) {
+            Some(Progress::Healthy { since_ms }) => Some(*since_ms),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The planner of rollouts started by entries of format 0 and 1, kept unchanged so that their
+/// logs replay as they were acknowledged.
+fn next_step_v1(state: &State, r: &Rollout, now_ms: TimeMs) -> Option<RolloutStep> {
     if r.state != RolloutState::Running {
         return None;
     }
@@ -342,15 +682,7 @@ pub fn next_step(state: &State, r: &Rollout, now_ms: TimeMs) -> Option<RolloutSt
     if in_flight > 0 {
         return None;
     }
-    let healthy_since = wave
-        .clusters
-        .iter()
-        .filter_map(|c| match progress.get(c) {
-            Some(Progress::Healthy { since_ms }) => Some(*since_ms),
-            _ => None,
-        })
-        .max()
-        .unwrap_or(0);
+    let healthy_since = healthy_since(wave, &progress);
     if now_ms.saturating_sub(healthy_since) < pipeline.soak_ms {
         return None;
     }
@@ -378,6 +710,19 @@ pub fn plan(state: &State, now_ms: TimeMs) -> Vec<Command> {
         .collect()
 }
 
+/// The wave a cluster belongs to under `pipeline`: its site, or its value of the wave label
+/// (`-` without one).
+pub fn wave_name(pipeline: &Pipeline, cluster: &crate::model::Cluster) -> String {
+    match &pipeline.wave_label {
+        Some(label) => cluster
+            .labels
+            .get(label)
+            .cloned()
+            .unwrap_or_else(|| "-".into()),
+        None => cluster.site.clone(),
+    }
+}
+
 /// The waves of `clusters` (all in one environment) under `pipeline`.
 pub fn waves<'a>(
     pipeline: &Pipeline,
@@ -385,11 +730,10 @@ pub fn waves<'a>(
 ) -> Vec<Wave> {
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for c in clusters {
-        let key = match &pipeline.wave_label {
-            Some(label) => c.labels.get(label).cloned().unwrap_or_else(|| "-".into()),
-            None => c.site.clone(),
-        };
-        groups.entry(key).or_default().push(c.name.clone());
+        groups
+            .entry(wave_name(pipeline, c))
+            .or_default()
+            .push(c.name.clone());
     }
     let mut out = Vec::new();
     for name in &pipeline.wave_order {

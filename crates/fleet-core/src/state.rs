@@ -318,15 +318,21 @@ impl State {
                 for (workload, revision) in &desired {
                     self.assign(name, workload, revision, ctx);
                 }
+                let joined = self.join_rollouts(name);
+                let mut summary = format!(
+                    "cluster {name} registered in site {site}, environment {environment}, with {} assignments",
+                    desired.len()
+                );
+                for j in joined {
+                    summary.push_str("; ");
+                    summary.push_str(&j);
+                }
                 (
                     Outcome::ClusterRegistered {
                         name: name.clone(),
                         assignments: desired.len() as u32,
                     },
-                    format!(
-                        "cluster {name} registered in site {site}, environment {environment}, with {} assignments",
-                        desired.len()
-                    ),
+                    summary,
                 )
             }
             Command::RemoveCluster { name } => {
@@ -334,6 +340,7 @@ impl State {
                 self.assignments.remove(name);
                 self.assignment_log.remove(name);
                 self.reports.remove(name);
+                self.leave_rollouts(name);
                 (
                     Outcome::ClusterRemoved { name: name.clone() },
                     format!("cluster {name} removed"),
@@ -476,7 +483,7 @@ impl State {
                 };
                 return Ok(outcome);
             }
-            _ => self.apply_promotion(command, ctx),
+            _ => self.apply_promotion(command, ctx, event_format),
         };
         debug_assert!(command.is_audited());
         let prev_hash = self

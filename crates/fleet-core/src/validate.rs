@@ -211,6 +211,13 @@ pub fn pipeline(p: &Pipeline) -> Result<(), CoreError> {
             "use a soak of at most 7d",
         ));
     }
+    if !(1_000..=MAX_SOAK_MS).contains(&p.progress_deadline_ms) {
+        return Err(CoreError::invalid(
+            "progress_deadline",
+            format!("{} ms is outside 1 s to 7 days", p.progress_deadline_ms),
+            "use a deadline such as 10m (the default)",
+        ));
+    }
     if p.max_unavailable == 0 {
         return Err(CoreError::invalid(
             "max_unavailable",

@@ -153,6 +153,60 @@ impl Fleet {
         }
     }
 
+    /// Every cluster's agent applies its assignment and reports Healthy, except the agents
+    /// of `failing`, which fail to apply whatever they are asked for.
+    fn agents_apply_except(&mut self, failing: &[&str]) {
+        let clusters: Vec<String> = self.state.clusters().map(|c| c.name.clone()).collect();
+        for c in clusters {
+            if failing.contains(&c.as_str()) {
+                self.report(&c, A, SyncState::Failed, HealthState::Healthy);
+            } else if let Some(rev) = self.assigned(&c) {
+                self.report(&c, &rev, SyncState::Synced, HealthState::Healthy);
+            }
+        }
+    }
+
+    /// [`Fleet::settle`] with the agents of `failing` failing.
+    fn settle_failing(&mut self, failing: &[&str]) {
+        for _ in 0..1_000 {
+            self.tick();
+            if !self.rollout_state().is_active() {
+                return;
+            }
+            self.agents_apply_except(failing);
+            self.wait(1_000);
+        }
+        panic!("the rollout did not finish");
+    }
+
+    fn rollout(&self) -> fleet_core::rollout::Rollout {
+        self.state.rollout("web", "production").unwrap().clone()
+    }
+
+    /// What holds the production rollout now, as `rollout status` shows it.
+    fn hold(&self) -> Option<String> {
+        fleet_core::rollout::hold(&self.state, &self.rollout(), self.now)
+            .map(|h| format!("{}: {h}", h.kind()))
+    }
+
+    fn set_pipeline(&mut self, change: impl FnOnce(&mut Pipeline)) -> Result<Outcome, CoreError> {
+        let mut p = self.state.pipeline("web");
+        change(&mut p);
+        self.run(Command::SetPipeline {
+            workload: "web".into(),
+            pipeline: p,
+        })
+    }
+
+    fn register(&mut self, name: &str, site: &str) {
+        self.ok(Command::RegisterCluster {
+            name: name.into(),
+            site: site.into(),
+            environment: "production".into(),
+            labels: BTreeMap::new(),
+        });
+    }
+
     fn verify_staging(&mut self) {
         self.agents_apply();
         self.wait(SOAK);
@@ -383,34 +437,334 @@ fn a_failure_over_the_budget_halts_rolls_back_and_the_revision_is_never_selected
     );
 }
 
+/// p1a and p1b in oslo, p2 in bergen: the fleet of the report where a tolerated failure kept
+/// the wave's only max-unavailable slot for ever.
+const TWO_SITES: [(&str, &str); 3] = [("p1a", "oslo"), ("p1b", "oslo"), ("p2", "bergen")];
+
 #[test]
-fn within_the_budget_a_failure_does_not_halt() {
+fn a_failure_within_the_budget_is_set_aside_and_the_rollout_ends_naming_the_failed_cluster() {
+    let mut f = Fleet::new(&TWO_SITES);
+    f.set_pipeline(|p| {
+        p.failure_budget = 1;
+        p.max_unavailable = 1;
+    })
+    .unwrap();
+    f.verify_staging();
+    f.ok(promote(None));
+    assert_eq!(
+        f.tick(),
+        [RolloutStep::Update {
+            clusters: vec!["p1a".into()]
+        }]
+    );
+    f.agents_apply_except(&["p1a"]);
+    let steps = f.tick();
+    assert!(
+        matches!(&steps[..], [RolloutStep::SetAside { clusters, why }]
+            if clusters == &["p1a"] && why[0].contains("commit does not exist")),
+        "the failure is recorded by a committed step: {steps:?}"
+    );
+    let event = f.state.audit_events().last().unwrap().summary.clone();
+    assert!(
+        event.contains("p1a failed") && event.contains("1 of the failure budget of 1"),
+        "{event}"
+    );
+    assert_eq!(
+        f.tick(),
+        [RolloutStep::Update {
+            clusters: vec!["p1b".into()]
+        }],
+        "the failed cluster no longer holds the wave's only slot"
+    );
+    f.settle_failing(&["p1a"]);
+    let r = f.rollout();
+    assert_eq!(r.state, RolloutState::SucceededWithFailures);
+    assert!(r.message.contains("p1a"), "{}", r.message);
+    assert_eq!(f.updates, ["p1a", "p1b", "p2"]);
+    for c in ["p1a", "p1b", "p2"] {
+        assert_eq!(f.assigned(c).as_deref(), Some(B), "{c}");
+    }
+    assert_eq!(f.state.workload("web").unwrap().desired["production"].0, B);
+    let progress = fleet_core::rollout::rollout_progress(&f.state, &r, f.now);
+    assert_eq!(progress[0].0, "p1a");
+    assert_eq!(progress[0].1.label(), "set_aside");
+}
+
+#[test]
+fn a_failure_beyond_those_set_aside_halts_and_rolls_back_every_updated_cluster() {
+    let mut f = Fleet::new(&TWO_SITES);
+    f.set_pipeline(|p| p.failure_budget = 1).unwrap();
+    f.verify_staging();
+    f.ok(promote(None));
+    f.tick();
+    f.agents_apply_except(&["p1a"]);
+    assert!(matches!(&f.tick()[..], [RolloutStep::SetAside { .. }]));
+    f.tick();
+    f.agents_apply_except(&["p1a", "p1b"]);
+    let steps = f.tick();
+    assert!(
+        matches!(&steps[..], [RolloutStep::Halt { failed, rollback: true, reason }]
+            if failed == &["p1a", "p1b"] && reason.contains("2 failed clusters")),
+        "{steps:?}"
+    );
+    assert_eq!(f.rollout_state(), RolloutState::RolledBack);
+    for c in ["p1a", "p1b", "p2"] {
+        assert_eq!(f.assigned(c).as_deref(), Some(A), "{c}");
+    }
+}
+
+#[test]
+fn an_updated_cluster_not_healthy_by_the_progress_deadline_counts_as_failed() {
     let mut f = Fleet::new(&THREE_SITES);
+    f.set_pipeline(|p| p.progress_deadline_ms = 120_000)
+        .unwrap();
+    f.verify_staging();
+    f.ok(promote(None));
+    f.tick();
+    // prod-oslo's agent reports every minute, but B never becomes Healthy there.
+    for _ in 0..2 {
+        f.report("prod-oslo", B, SyncState::Synced, HealthState::Progressing);
+        assert_eq!(f.tick(), []);
+        f.wait(60_000);
+    }
+    f.report("prod-oslo", B, SyncState::Synced, HealthState::Progressing);
+    let steps = f.tick();
+    assert!(
+        matches!(&steps[..], [RolloutStep::Halt { reason, .. }] if reason.contains("progress deadline 120 s")),
+        "{steps:?}"
+    );
+}
+
+#[test]
+fn rollout_status_names_what_holds_a_rollout() {
+    let mut f = Fleet::new(&TWO_SITES);
+    f.ok(Command::SetRequiredApprovals {
+        environment: "production".into(),
+        approvals: 1,
+    });
+    f.verify_staging();
+    f.ok(promote(None));
+    assert_eq!(
+        f.hold().as_deref(),
+        Some("approval: approval: 0 of 1 approvals; `fleet-ctl approve`")
+    );
+    f.run_as(
+        "bob",
+        Command::Approve {
+            workload: "web".into(),
+            environment: "production".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(f.hold(), None, "a step to take is not a hold");
+    f.tick();
+    let held = f.hold().unwrap();
+    assert!(
+        held.starts_with("max_unavailable:") && held.contains("p1a"),
+        "{held}"
+    );
+    f.agents_apply();
+    f.tick();
+    f.agents_apply();
+    let held = f.hold().unwrap();
+    assert!(
+        held.starts_with("soak:") && held.contains("wave oslo"),
+        "{held}"
+    );
+    f.wait(SOAK);
+    // The report's input: a freeze holds wave 2, and says so.
+    f.ok(Command::AddFreeze {
+        environment: "production".into(),
+        from_ms: f.now,
+        to_ms: f.now + 60_000,
+    });
+    assert_eq!(f.tick(), []);
+    let held = f.hold().unwrap();
+    assert!(held.starts_with("freeze: freeze 1 until "), "{held}");
+    f.ok(Command::PauseRollout {
+        workload: "web".into(),
+        environment: "production".into(),
+    });
+    assert_eq!(
+        f.hold().unwrap(),
+        "paused: paused: `fleet-ctl rollout resume` continues it"
+    );
+    f.ok(Command::ResumeRollout {
+        workload: "web".into(),
+        environment: "production".into(),
+    });
+    f.wait(60_000);
+    assert_eq!(f.tick(), [RolloutStep::StartWave { wave: 1 }]);
+    f.tick();
+    let held = f.hold().unwrap();
+    assert!(
+        held.starts_with("max_unavailable:") || held.starts_with("changing:"),
+        "{held}"
+    );
+    f.settle();
+    assert_eq!(f.hold(), None, "a finished rollout is held by nothing");
+}
+
+#[test]
+fn a_running_rollout_keeps_the_pipeline_it_started_with() {
+    let mut f = Fleet::new(&THREE_SITES);
+    f.verify_staging();
+    f.ok(promote(None));
+    f.tick();
+    // A longer soak and a budget set during the rollout do not apply to it.
+    f.set_pipeline(|p| {
+        p.soak_ms = 3_600_000;
+        p.failure_budget = 5;
+    })
+    .unwrap();
+    assert_eq!(f.rollout().pipeline.as_ref().unwrap().soak_ms, SOAK);
+    f.agents_apply();
+    f.wait(SOAK);
+    assert_eq!(
+        f.tick(),
+        [RolloutStep::StartWave { wave: 1 }],
+        "the soak it started with"
+    );
+    f.tick();
+    f.agents_apply_except(&["prod-bergen"]);
+    let steps = f.tick();
+    assert!(
+        matches!(&steps[..], [RolloutStep::Halt { .. }]),
+        "the budget it started with (0): {steps:?}"
+    );
+}
+
+#[test]
+fn a_pipeline_change_that_leaves_out_an_environment_with_an_active_rollout_is_refused() {
+    let mut f = Fleet::new(&THREE_SITES);
+    f.verify_staging();
+    f.ok(promote(None));
+    f.tick();
     let mut p = f.state.pipeline("web");
-    p.failure_budget = 1;
-    p.max_unavailable = 2;
-    p.wave_order = vec![];
-    p.wave_label = Some("ring".into());
+    p.environments = vec!["staging".into()];
+    let shown = f.refused(Command::SetPipeline {
+        workload: "web".into(),
+        pipeline: p.clone(),
+    });
+    assert!(
+        shown.contains("leaves out production")
+            && shown.contains("rollout abort web --env production"),
+        "{shown}"
+    );
+    f.ok(Command::AbortRollout {
+        workload: "web".into(),
+        environment: "production".into(),
+    });
     f.ok(Command::SetPipeline {
         workload: "web".into(),
         pipeline: p,
     });
+}
+
+#[test]
+fn a_cluster_registered_mid_rollout_joins_its_wave_and_the_environment_never_reports_a_revision_it_does_not_run()
+ {
+    let mut f = Fleet::new(&THREE_SITES);
     f.verify_staging();
     f.ok(promote(None));
-    // Waves by label value, in name order without an explicit order.
-    assert_eq!(
-        f.tick(),
-        [RolloutStep::Update {
-            clusters: vec!["prod-bergen".into()]
-        }]
+    f.tick();
+    // The report's input: registered while wave oslo runs, its site's wave not started.
+    f.register("prod-bergen-2", "bergen");
+    assert_eq!(f.assigned("prod-bergen-2").as_deref(), Some(A));
+    let event = f.state.audit_events().last().unwrap().summary.clone();
+    assert!(
+        event.contains("joins rollout 2 of web in wave bergen"),
+        "{event}"
     );
-    f.report("prod-bergen", A, SyncState::Failed, HealthState::Healthy);
+    f.agents_apply();
+    f.wait(SOAK);
+    assert_eq!(f.tick(), [RolloutStep::StartWave { wave: 1 }]);
+    // Registered in oslo after wave oslo finished: it joins the wave that runs now.
+    f.register("prod-oslo-2", "oslo");
+    let r = f.rollout();
+    assert_eq!(
+        r.waves[1].clusters,
+        ["prod-bergen", "prod-bergen-2", "prod-oslo-2"]
+    );
+    // A site with no wave yet gets one after the others.
+    f.ok(Command::AddSite {
+        name: "tromso".into(),
+    });
+    f.register("prod-tromso", "tromso");
+    assert_eq!(f.rollout().waves.last().unwrap().name, "tromso");
+    f.settle();
+    assert_eq!(f.rollout_state(), RolloutState::Succeeded);
+    for c in f.state.clusters().filter(|c| c.environment == "production") {
+        assert_eq!(f.assigned(&c.name).as_deref(), Some(B), "{}", c.name);
+    }
+    let shown = f.refused(promote(None));
+    assert!(shown.contains("already runs"), "{shown}");
+}
+
+#[test]
+fn a_cluster_removed_mid_rollout_leaves_it_and_can_join_again() {
+    let mut f = Fleet::new(&THREE_SITES);
+    f.verify_staging();
+    f.ok(promote(None));
+    f.tick();
+    f.ok(Command::RemoveCluster {
+        name: "prod-oslo".into(),
+    });
+    assert!(f.rollout().waves[0].clusters.is_empty());
+    assert!(!f.rollout().updated.contains("prod-oslo"));
+    f.register("prod-oslo", "oslo");
+    assert_eq!(
+        f.rollout().from["prod-oslo"].as_ref().map(|r| r.0.as_str()),
+        Some(A),
+        "from what production ran when it registered"
+    );
+    assert!(
+        !f.rollout().updated.contains("prod-oslo"),
+        "pending again in its wave"
+    );
+    f.settle();
+    assert_eq!(f.rollout_state(), RolloutState::Succeeded);
+    assert_eq!(f.assigned("prod-oslo").as_deref(), Some(B));
+}
+
+#[test]
+fn a_rollout_started_by_a_format_1_entry_replays_with_the_planner_of_format_1() {
+    let mut f = Fleet::new(&TWO_SITES);
+    f.set_pipeline(|p| p.failure_budget = 1).unwrap();
+    f.verify_staging();
+    f.state
+        .apply_stored(
+            &fleet_core::StoredCommand::new(promote(None)),
+            &ctx(f.now, "alice"),
+            1,
+        )
+        .unwrap();
+    let r = f.rollout();
+    assert_eq!((r.rules, r.pipeline.is_some()), (1, false));
+    f.tick();
+    f.agents_apply_except(&["p1a"]);
     assert_eq!(
         f.tick(),
         [],
-        "one failure is within the budget; the wave waits"
+        "as format 1 decided: a failure within the budget holds the wave"
     );
-    assert_eq!(f.rollout_state(), RolloutState::Running);
+    // A format-1 pipeline change was not checked against active rollouts.
+    let mut p = f.state.pipeline("web");
+    p.environments = vec!["staging".into()];
+    let change = fleet_core::StoredCommand::new(Command::SetPipeline {
+        workload: "web".into(),
+        pipeline: p,
+    });
+    let mut by_new_rules = f.state.clone();
+    assert!(
+        by_new_rules
+            .apply_stored(&change, &ctx(f.now, "alice"), 2)
+            .is_err()
+    );
+    f.state
+        .apply_stored(&change, &ctx(f.now, "alice"), 1)
+        .unwrap();
+    f.state.verify_audit().unwrap();
 }
 
 #[test]

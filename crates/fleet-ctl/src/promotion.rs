@@ -37,7 +37,8 @@ pub struct PipelineArgs {
     /// Most clusters of a wave changing at once.
     #[arg(long, default_value_t = 1)]
     max_unavailable: u32,
-    /// Failed, Degraded or long-unreachable clusters tolerated; one more halts the rollout.
+    /// Failed, Degraded, long-unreachable or past-deadline clusters tolerated (set aside, the
+    /// waves go on); one more halts the rollout.
     #[arg(long, default_value_t = 0)]
     failure_budget: u32,
     /// Roll back every cluster the rollout changed when it halts.
@@ -46,6 +47,9 @@ pub struct PipelineArgs {
     /// After this long without a report, an unreachable cluster counts as failed.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     unreachable_timeout: Duration,
+    /// An updated cluster still not Healthy this long after its update counts as failed.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    progress_deadline: Duration,
 }
 
 #[derive(Args)]
@@ -166,6 +170,7 @@ pub async fn pipeline(
                 failure_budget: a.failure_budget,
                 auto_rollback: a.auto_rollback,
                 unreachable_timeout_ms: a.unreachable_timeout.as_millis() as u64,
+                progress_deadline_ms: a.progress_deadline.as_millis() as u64,
             };
             let r = client
                 .promotion(|mut p, req: Req| {
@@ -193,14 +198,11 @@ pub async fn pipeline(
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&json!({
-                        "environments": p.environments, "soak_ms": p.soak_ms,
-                        "wave_order": p.wave_order, "wave_label": p.wave_label,
-                        "max_unavailable": p.max_unavailable, "failure_budget": p.failure_budget,
-                        "auto_rollback": p.auto_rollback,
-                        "unreachable_timeout_ms": p.unreachable_timeout_ms,
-                        "required_approvals": r.required_approvals,
-                    }))?
+                    serde_json::to_string_pretty(&{
+                        let mut shown = pipeline_json(&p);
+                        shown["required_approvals"] = json!(r.required_approvals);
+                        shown
+                    })?
                 );
             } else {
                 let approvals: Vec<String> = p
@@ -227,6 +229,7 @@ pub async fn pipeline(
                 println!("failure budget:      {}", p.failure_budget);
                 println!("auto rollback:       {}", p.auto_rollback);
                 println!("unreachable timeout: {} s", p.unreachable_timeout_ms / 1000);
+                println!("progress deadline:   {} s", p.progress_deadline_ms / 1000);
                 println!("approvals required:  {}", approvals.join(", "));
             }
             Ok(())
@@ -311,6 +314,17 @@ fn waves_json(waves: &[RolloutWave]) -> serde_json::Value {
     )
 }
 
+fn pipeline_json(p: &Pipeline) -> serde_json::Value {
+    json!({
+        "environments": p.environments, "soak_ms": p.soak_ms,
+        "wave_order": p.wave_order, "wave_label": p.wave_label,
+        "max_unavailable": p.max_unavailable, "failure_budget": p.failure_budget,
+        "auto_rollback": p.auto_rollback,
+        "unreachable_timeout_ms": p.unreachable_timeout_ms,
+        "progress_deadline_ms": p.progress_deadline_ms,
+    })
+}
+
 fn rollout_json(r: &Rollout) -> serde_json::Value {
     json!({
         "id": r.id, "workload": r.workload, "environment": r.environment,
@@ -320,6 +334,10 @@ fn rollout_json(r: &Rollout) -> serde_json::Value {
         "started_at_ms": r.started_at_ms,
         "finished_at_ms": (r.finished_at_ms > 0).then_some(r.finished_at_ms),
         "message": r.message,
+        "hold": (!r.hold.is_empty()).then_some(&r.hold),
+        "held_by": (!r.held_by.is_empty()).then_some(&r.held_by),
+        "pipeline": r.pipeline.as_ref().map(pipeline_json),
+        "pipeline_kept": r.pipeline_kept,
     })
 }
 
@@ -396,6 +414,24 @@ fn print_rollout(r: &Rollout) {
             format!(" ({})", r.message)
         }
     );
+    if !r.held_by.is_empty() {
+        println!("held by: {}", r.held_by);
+    }
+    if let Some(p) = &r.pipeline {
+        println!(
+            "runs with: soak {} s, max unavailable {}, failure budget {}, auto rollback {}, progress deadline {} s ({})",
+            p.soak_ms / 1000,
+            p.max_unavailable,
+            p.failure_budget,
+            p.auto_rollback,
+            p.progress_deadline_ms / 1000,
+            if r.pipeline_kept {
+                "the pipeline as it was when the rollout started"
+            } else {
+                "the workload's pipeline now"
+            }
+        );
+    }
     if r.required_approvals > 0 {
         println!(
             "approvals: {} of {} ({})",
@@ -412,6 +448,11 @@ fn print_rollout(r: &Rollout) {
 fn finished_ok(r: &Rollout) -> anyhow::Result<()> {
     match r.state.as_str() {
         "succeeded" => Ok(()),
+        "succeeded_with_failures" => {
+            // Within the failure budget the operator chose: success, said on stderr.
+            eprintln!("warning: rollout {} {}", r.id, r.message);
+            Ok(())
+        }
         "halted" | "rolled_back" | "aborted" => Err(anyhow!(
             "rollout {} {}: {}",
             r.id,
@@ -509,6 +550,7 @@ async fn watch_rollout(client: &Client, target: &Target, json: bool) -> anyhow::
         })
         .collect();
     let mut last_state = String::new();
+    let mut last_hold = String::new();
     let mut last_lines: Vec<String> = vec![String::new(); bars.len()];
     loop {
         let r = get_rollout(client, target, ReadConsistency::Stale as i32).await?;
@@ -528,12 +570,25 @@ async fn watch_rollout(client: &Client, target: &Target, json: bool) -> anyhow::
             }
             last_state = r.state.clone();
         }
+        if r.hold != last_hold {
+            if !r.held_by.is_empty() {
+                let line = format!("rollout {} held by {}", r.id, r.held_by);
+                if lines {
+                    eprintln!("{line}");
+                } else {
+                    multi.println(line)?;
+                }
+            }
+            last_hold = r.hold.clone();
+        }
         for (i, (bar, w)) in bars.iter().zip(&r.waves).enumerate() {
             let healthy = w
                 .clusters
                 .iter()
                 .filter(|c| c.progress == "healthy")
                 .count();
+            // A cluster that joins the environment joins its wave.
+            bar.set_length(w.clusters.len() as u64);
             bar.set_position(healthy as u64);
             let mut notes: Vec<String> = w
                 .clusters

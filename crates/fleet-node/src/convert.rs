@@ -386,10 +386,11 @@ pub fn pipeline(p: &fleet_core::rollout::Pipeline) -> proto::Pipeline {
         failure_budget: p.failure_budget,
         auto_rollback: p.auto_rollback,
         unreachable_timeout_ms: p.unreachable_timeout_ms,
+        progress_deadline_ms: p.progress_deadline_ms,
     }
 }
 
-/// A pipeline from the wire; fleet-core validates it.
+/// A pipeline from the wire (`progress_deadline_ms` 0: the default); fleet-core validates it.
 pub fn pipeline_from_wire(p: proto::Pipeline) -> fleet_core::rollout::Pipeline {
     fleet_core::rollout::Pipeline {
         environments: p.environments,
@@ -400,6 +401,10 @@ pub fn pipeline_from_wire(p: proto::Pipeline) -> fleet_core::rollout::Pipeline {
         failure_budget: p.failure_budget,
         auto_rollback: p.auto_rollback,
         unreachable_timeout_ms: p.unreachable_timeout_ms,
+        progress_deadline_ms: match p.progress_deadline_ms {
+            0 => fleet_core::rollout::DEFAULT_PROGRESS_DEADLINE_MS,
+            ms => ms,
+        },
     }
 }
 
@@ -431,6 +436,7 @@ pub fn rollout(state: &State, r: &fleet_core::rollout::Rollout, now_ms: u64) -> 
                         progress: p.map_or("removed", |p| p.label()).to_string(),
                         message: match p {
                             Some(Progress::Failed { why }) => why.clone(),
+                            Some(Progress::SetAside { why }) => why.clone(),
                             Some(Progress::Unreachable { silent_ms }) => {
                                 format!("no report for {} s", silent_ms / 1000)
                             }
@@ -447,6 +453,8 @@ pub fn rollout(state: &State, r: &fleet_core::rollout::Rollout, now_ms: u64) -> 
                 .collect(),
         })
         .collect();
+    let settings = r.settings(state);
+    let hold = fleet_core::rollout::hold(state, r, now_ms);
     proto::Rollout {
         id: r.id,
         workload: r.workload.clone(),
@@ -461,7 +469,11 @@ pub fn rollout(state: &State, r: &fleet_core::rollout::Rollout, now_ms: u64) -> 
         started_at_ms: r.started_at_ms,
         finished_at_ms: r.finished_at_ms.unwrap_or(0),
         message: r.message.clone(),
-        soak_ms: state.pipeline(&r.workload).soak_ms,
+        soak_ms: settings.soak_ms,
+        hold: hold.as_ref().map_or("", |h| h.kind()).to_string(),
+        held_by: hold.as_ref().map_or_else(String::new, |h| h.to_string()),
+        pipeline: Some(pipeline(&settings)),
+        pipeline_kept: r.pipeline.is_some(),
     }
 }
 

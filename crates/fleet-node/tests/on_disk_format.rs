@@ -117,7 +117,10 @@ async fn a_format_0_data_dir_is_read_and_its_audit_chain_verifies_after_a_comman
     assert_eq!(verified["events"], FIXTURE_EVENTS + 3, "{verified}");
     let events = audit_events(&address);
     assert_eq!(events[0]["format"], 0, "{:?}", events[0]);
-    assert_eq!(events[events.len() - 1]["format"], 1);
+    assert_eq!(
+        events[events.len() - 1]["format"],
+        fleet_core::audit::AUDIT_EVENT_FORMAT
+    );
     assert_eq!(events[FIXTURE_EVENTS as usize - 1]["hash"], FIXTURE_HEAD);
     cluster.node(1).terminate(Duration::from_secs(10));
     {
