@@ -452,6 +452,7 @@ impl System {
             revision: commits[0].clone(),
             reason: reason(),
             allow_rejected: false,
+            override_freeze: false,
         })
         .await?;
         let endpoints = self.addresses.join(",");
@@ -505,6 +506,7 @@ async fn publish_commits(nodes: Nodes, commits: Vec<String>, stop: Arc<AtomicBoo
                 revision: commits[i].clone(),
                 reason: "chaos agents".into(),
                 allow_rejected: false,
+                override_freeze: false,
             }),
         )
         .await;
@@ -1042,6 +1044,8 @@ async fn audit(nodes: &Nodes) -> anyhow::Result<HashSet<String>> {
                 max_events: 0,
                 kind: String::new(),
                 consistency: ReadConsistency::Linearizable as i32,
+                before_sequence: 0,
+                newest: false,
             })
             .await
         {

@@ -174,6 +174,7 @@ async fn call(
                 revision: revision_sha(*revision),
                 reason,
                 allow_rejected: false,
+                override_freeze: false,
             })
             .await
             .map(|_| Output::Ok),

@@ -13,9 +13,10 @@
 //!   of format 1 (actors compared trimmed and case-insensitively, control characters refused,
 //!   a rejected revision published only with `allow_rejected`).
 //! - format 2 (written now): the byte `2`, then the same as format 0. Its entries are also
-//!   checked by the rollout rules of format 2 (`rollout::ROLLOUT_RULES_V2`): a pipeline change
-//!   may not leave out an environment with an active rollout, and a rollout started by a
-//!   format-2 `Promote` follows the planner of format 2.
+//!   checked by the rules of format 2: a pipeline change may not leave out an environment
+//!   with an active rollout, a rollout started by a format-2 `Promote` follows the planner of
+//!   format 2 (`rollout::ROLLOUT_RULES_V2`), and a freeze window on a workload's first
+//!   environment blocks publishing unless `override_freeze` is set.
 //!
 //! An event's format is chosen by the log entry it comes from (`ProposalItem.audit_format` in
 //! fleet-node; 0 for entries from before formats), never by the build that applies it, so a

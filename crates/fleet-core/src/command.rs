@@ -41,6 +41,11 @@ pub enum Command {
         /// read as `false`.
         #[serde(default)]
         allow_rejected: bool,
+        /// Publish although a freeze window covers the first environment (from entry format
+        /// 2, a freeze blocks publishing there); the audit event says so. Absent in older
+        /// entries: `false`.
+        #[serde(default)]
+        override_freeze: bool,
     },
     /// Records that coordinator leadership moved away from a node whose disk was too slow.
     /// Proposed by the new leader, never by clients; it changes nothing but the audit log.
@@ -125,7 +130,31 @@ pub enum Command {
 }
 
 impl Command {
-    /// A short name for logs and the audit log, e.g. `register_cluster`.
+    /// Every [`Command::kind`], in declaration order: what `audit --kind` accepts.
+    pub const KINDS: [&'static str; 19] = [
+        "add_site",
+        "add_environment",
+        "register_cluster",
+        "remove_cluster",
+        "create_workload",
+        "publish_release",
+        "record_leadership_handover",
+        "record_status",
+        "set_pipeline",
+        "set_required_approvals",
+        "promote",
+        "approve",
+        "pause_rollout",
+        "resume_rollout",
+        "abort_rollout",
+        "rollback",
+        "add_freeze",
+        "remove_freeze",
+        "advance_rollout",
+    ];
+
+    /// A short name for logs and the audit log, e.g. `register_cluster`; the same as the
+    /// command's `type` in JSON.
     pub fn kind(&self) -> &'static str {
         match self {
             Command::AddSite { .. } => "add_site",
@@ -300,4 +329,23 @@ pub enum Outcome {
     FreezeRemoved {
         id: u64,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Command;
+
+    #[test]
+    fn kinds_lists_every_command_type_once_in_order() {
+        // serde names every variant it expects when it meets one it does not know.
+        let e = serde_json::from_str::<Command>(r#"{"type":"no_such_kind"}"#).unwrap_err();
+        let listed: Vec<String> = e
+            .to_string()
+            .split('`')
+            .skip(3)
+            .step_by(2)
+            .map(str::to_string)
+            .collect();
+        assert_eq!(listed, Command::KINDS, "{e}");
+    }
 }

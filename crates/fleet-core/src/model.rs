@@ -41,6 +41,11 @@ pub struct Cluster {
     pub environment: String,
     pub labels: BTreeMap<String, String>,
     pub registered_at_ms: TimeMs,
+    /// The assignment version its registration used (from entry format 2; 0 before), so that
+    /// the set it starts with, even an empty one, is newer than any set an agent of an earlier
+    /// cluster of the same name holds.
+    #[serde(default)]
+    pub registered_version: u64,
 }
 
 /// What is deployed: a repository plus a path template, e.g. `overlays/{environment}`.
@@ -95,6 +100,10 @@ pub struct StatusRow {
     pub desired_revision: Option<Revision>,
     pub assignment_version: Option<u64>,
     pub report: Option<ReportedStatus>,
+    /// The agent reported this workload after it left the cluster's assignment set (or
+    /// after the cluster was registered again): it may still enforce it. `desired_revision`
+    /// is then `None`.
+    pub not_assigned: bool,
 }
 
 /// Whether a target matches the revision it was asked to run.

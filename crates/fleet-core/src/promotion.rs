@@ -20,7 +20,7 @@ fn precondition(message: impl Into<String>, hint: impl Into<String>) -> CoreErro
 }
 
 /// `ms` since the Unix epoch as RFC 3339 UTC, to the second (pure: no clock is read).
-fn time(ms: u64) -> String {
+pub(crate) fn time(ms: u64) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(at).to_string()
 }

@@ -207,8 +207,9 @@ impl Rollout {
     }
 }
 
-/// A freeze window: no promotion into `environment` starts or advances between `from_ms` and
-/// `to_ms` unless it overrides the freeze.
+/// A freeze window: between `from_ms` and `to_ms` no promotion into `environment` starts or
+/// advances, and (from entry format 2) no release is published into it where it is a
+/// workload's first environment, unless the command overrides the freeze.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Freeze {
     pub id: u64,

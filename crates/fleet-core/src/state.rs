@@ -200,6 +200,7 @@ impl State {
                 workload,
                 revision,
                 allow_rejected,
+                override_freeze,
             } => {
                 self.require_workload(workload)?;
                 let revision = validate::revision(revision)?;
@@ -212,6 +213,26 @@ impl State {
                             revision.0
                         ),
                         hint: "publish it anyway with --allow-rejected (audited), or publish a fix"
+                            .into(),
+                    });
+                }
+                // Since format 2: before it, a freeze did not cover publishing.
+                if format >= 2
+                    && !override_freeze
+                    && let Some(f) = crate::rollout::frozen(self.freezes(), first, ctx.now_ms)
+                {
+                    return Err(CoreError::FailedPrecondition {
+                        message: format!(
+                            "{first} is frozen until {} (freeze {}{})",
+                            crate::promotion::time(f.to_ms),
+                            f.id,
+                            if f.reason.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {}", f.reason)
+                            }
+                        ),
+                        hint: "wait for the window to end, or publish with --override-freeze (audited)"
                             .into(),
                     });
                 }
@@ -296,6 +317,14 @@ impl State {
                 environment,
                 labels,
             } => {
+                // Since format 2: the new cluster's set, even an empty one, gets a version of
+                // its own.
+                let registered_version = if event_format >= 2 {
+                    self.last_assignment_version += 1;
+                    self.last_assignment_version
+                } else {
+                    0
+                };
                 self.clusters.insert(
                     name.clone(),
                     Cluster {
@@ -304,6 +333,7 @@ impl State {
                         environment: environment.clone(),
                         labels: labels.clone(),
                         registered_at_ms: ctx.now_ms,
+                        registered_version,
                     },
                 );
                 let desired: Vec<(String, Revision)> = self
@@ -370,8 +400,16 @@ impl State {
                 workload,
                 revision,
                 allow_rejected,
+                override_freeze,
             } => {
                 let revision = validate::revision(revision).expect("checked above");
+                let overrides = *override_freeze
+                    && crate::rollout::frozen(
+                        self.freezes(),
+                        &self.pipeline(workload).environments[0],
+                        ctx.now_ms,
+                    )
+                    .is_some();
                 let was_rejected = self.is_rejected(
                     workload,
                     &self.pipeline(workload).environments[0],
@@ -415,6 +453,11 @@ impl State {
                 if *allow_rejected && was_rejected {
                     summary.push_str(&format!(
                         " (rejected in {environment}, published with --allow-rejected)"
+                    ));
+                }
+                if overrides {
+                    summary.push_str(&format!(
+                        " (overrides a freeze window of {environment}: --override-freeze)"
                     ));
                 }
                 (
@@ -713,7 +756,46 @@ impl State {
         self.last_assignment_version
     }
 
-    /// One row per (cluster, workload) assignment, and one row for a cluster with none.
+    /// The version of a cluster's whole assignment set: the newest version any change of it
+    /// used, a removal included (from its assignment log), or its registration's. Every change
+    /// of the set, also to the empty set and by `cluster remove` + `cluster register`, gives a
+    /// higher one, so an agent that keeps the set with the highest version never misses one.
+    /// 0 for an unknown cluster.
+    pub fn assignment_set_version(&self, cluster: &str) -> u64 {
+        let Some(c) = self.clusters.get(cluster) else {
+            return 0;
+        };
+        let assigned = self
+            .assignments
+            .get(cluster)
+            .and_then(|a| a.values().map(|a| a.version).max())
+            .unwrap_or(0);
+        let logged = self
+            .assignment_log
+            .get(cluster)
+            .and_then(|log| log.last())
+            .map_or(0, |change| change.version);
+        assigned.max(logged).max(c.registered_version)
+    }
+
+    /// When `workload` last left `cluster`'s assignment set, or the cluster was registered,
+    /// whichever is later.
+    fn left_set_at_ms(&self, cluster: &Cluster, workload: &str) -> u64 {
+        let removed = self
+            .assignment_log
+            .get(&cluster.name)
+            .and_then(|log| {
+                log.iter()
+                    .rev()
+                    .find(|c| c.workload == workload && c.revision.is_none())
+            })
+            .map_or(0, |c| c.time_ms);
+        removed.max(cluster.registered_at_ms)
+    }
+
+    /// One row per (cluster, workload) assignment, and one row for a cluster with none; then
+    /// one per workload its agent reported after the workload left its set
+    /// ([`StatusRow::not_assigned`]).
     pub fn status_rows(&self) -> Vec<StatusRow> {
         let mut rows = Vec::new();
         for c in self.clusters.values() {
@@ -727,6 +809,7 @@ impl State {
                     desired_revision: None,
                     assignment_version: None,
                     report: None,
+                    not_assigned: false,
                 }),
                 Some(assignments) => rows.extend(assignments.values().map(|a| StatusRow {
                     cluster: c.name.clone(),
@@ -736,7 +819,26 @@ impl State {
                     desired_revision: Some(a.revision.clone()),
                     assignment_version: Some(a.version),
                     report: self.report(&c.name, &a.workload).cloned(),
+                    not_assigned: false,
                 })),
+            }
+            // Reports about workloads that left the set, committed after they left.
+            for (workload, report) in self.reports.get(&c.name).into_iter().flatten() {
+                if assigned.is_some_and(|a| a.contains_key(workload))
+                    || report.reported_at_ms <= self.left_set_at_ms(c, workload)
+                {
+                    continue;
+                }
+                rows.push(StatusRow {
+                    cluster: c.name.clone(),
+                    site: c.site.clone(),
+                    environment: c.environment.clone(),
+                    workload: Some(workload.clone()),
+                    desired_revision: None,
+                    assignment_version: None,
+                    report: Some(report.clone()),
+                    not_assigned: true,
+                });
             }
         }
         rows

@@ -290,6 +290,7 @@ fn fleet(case: &Case) -> Sim {
                 workload: "web".into(),
                 revision: revision.into(),
                 allow_rejected: false,
+                override_freeze: false,
             },
         );
         sim.agents_report();

@@ -103,6 +103,7 @@ impl Fleet {
             workload: "web".into(),
             revision: revision.into(),
             allow_rejected: false,
+            override_freeze: false,
         });
     }
 
@@ -196,6 +197,20 @@ impl Fleet {
             workload: "web".into(),
             pipeline: p,
         })
+    }
+
+    /// `cluster remove prod-oslo`, then `cluster register prod-oslo` in the environment
+    /// `lab`, where nothing is assigned.
+    fn move_prod_oslo_to_lab(&mut self) {
+        self.ok(Command::RemoveCluster {
+            name: "prod-oslo".into(),
+        });
+        self.ok(Command::RegisterCluster {
+            name: "prod-oslo".into(),
+            site: "oslo".into(),
+            environment: "lab".into(),
+            labels: BTreeMap::new(),
+        });
     }
 
     fn register(&mut self, name: &str, site: &str) {
@@ -982,6 +997,7 @@ fn a_revision_rejected_in_the_first_environment_is_published_again_only_with_all
         workload: "web".into(),
         revision: B.into(),
         allow_rejected,
+        override_freeze: false,
     };
     let shown = f.refused(publish(false));
     assert!(
@@ -1081,4 +1097,122 @@ fn control_characters_in_actors_and_reasons_are_refused_from_format_1_and_replay
             replay.apply_stored(&stored, &context, 0).unwrap();
         }
     }
+}
+
+#[test]
+fn every_change_of_a_clusters_assignment_set_has_a_higher_version_also_remove_and_register() {
+    let mut f = Fleet::new(&THREE_SITES);
+    let held = f.state.assignment_set_version("prod-oslo");
+    assert!(held > 0);
+    assert_eq!(f.assigned("prod-oslo").as_deref(), Some(A));
+    // The report's input: removed, then registered again where nothing is assigned.
+    f.ok(Command::AddEnvironment { name: "lab".into() });
+    f.move_prod_oslo_to_lab();
+    assert_eq!(f.assigned("prod-oslo"), None);
+    let empty = f.state.assignment_set_version("prod-oslo");
+    assert!(
+        empty > held,
+        "the empty set ({empty}) is newer than the set its agent holds ({held})"
+    );
+    // A set that loses its last assignment is newer too.
+    f.ok(Command::RemoveCluster {
+        name: "prod-oslo".into(),
+    });
+    f.register("prod-oslo", "oslo");
+    let with_a = f.state.assignment_set_version("prod-oslo");
+    assert!(with_a > empty);
+    f.verify_staging();
+    f.ok(promote(None));
+    f.tick();
+    f.report("prod-oslo", A, SyncState::Failed, HealthState::Healthy);
+    f.tick(); // Halts and sets prod-oslo back to A: a change, so a newer version.
+    assert!(f.state.assignment_set_version("prod-oslo") > with_a);
+}
+
+#[test]
+fn a_cluster_registered_by_a_format_1_entry_keeps_the_versions_it_was_acknowledged_with() {
+    let mut f = Fleet::new(&THREE_SITES);
+    let before = f.state.last_assignment_version();
+    f.ok(Command::AddEnvironment { name: "lab".into() });
+    f.state
+        .apply_stored(
+            &fleet_core::StoredCommand::new(Command::RegisterCluster {
+                name: "lab-1".into(),
+                site: "oslo".into(),
+                environment: "lab".into(),
+                labels: BTreeMap::new(),
+            }),
+            &ctx(f.now, "alice"),
+            1,
+        )
+        .unwrap();
+    assert_eq!(f.state.last_assignment_version(), before);
+    assert_eq!(f.state.cluster("lab-1").unwrap().registered_version, 0);
+}
+
+#[test]
+fn status_shows_an_agent_that_still_reports_a_workload_no_longer_assigned() {
+    let mut f = Fleet::new(&THREE_SITES);
+    f.ok(Command::AddEnvironment { name: "lab".into() });
+    f.wait(1_000);
+    f.move_prod_oslo_to_lab();
+    let rows = |f: &Fleet| -> Vec<fleet_core::StatusRow> {
+        f.state
+            .status_rows()
+            .into_iter()
+            .filter(|r| r.cluster == "prod-oslo")
+            .collect()
+    };
+    assert!(rows(&f).iter().all(|r| !r.not_assigned));
+    // Its agent has not heard of the change and reports web at A.
+    f.wait(1_000);
+    f.report("prod-oslo", A, SyncState::Synced, HealthState::Healthy);
+    let shown = rows(&f);
+    let row = shown
+        .iter()
+        .find(|r| r.not_assigned)
+        .expect("a not-assigned row");
+    assert_eq!(row.workload.as_deref(), Some("web"));
+    assert_eq!(row.desired_revision, None);
+    assert_eq!(row.report.as_ref().unwrap().report.applied_revision, A);
+}
+
+#[test]
+fn a_freeze_on_the_first_environment_blocks_publishing_unless_overridden() {
+    let mut f = Fleet::new(&THREE_SITES);
+    f.ok(Command::AddFreeze {
+        environment: "staging".into(),
+        from_ms: f.now,
+        to_ms: f.now + 3_600_000,
+    });
+    let publish = |override_freeze| Command::PublishRelease {
+        workload: "web".into(),
+        revision: "cccccccccccccccccccccccccccccccccccccccc".into(),
+        allow_rejected: false,
+        override_freeze,
+    };
+    let shown = f.refused(publish(false));
+    assert!(
+        shown.contains("staging is frozen until") && shown.contains("--override-freeze"),
+        "{shown}"
+    );
+    // Written before the rule, a publish during a freeze replays as it was acknowledged.
+    let mut by_format_1 = f.state.clone();
+    by_format_1
+        .apply_stored(
+            &fleet_core::StoredCommand::new(publish(false)),
+            &ctx(f.now, "alice"),
+            1,
+        )
+        .unwrap();
+    f.ok(publish(true));
+    let event = &f.state.audit_events().last().unwrap().summary;
+    assert!(
+        event.contains("overrides a freeze window of staging"),
+        "{event}"
+    );
+    assert_eq!(
+        f.assigned("stg-1").as_deref(),
+        Some("cccccccccccccccccccccccccccccccccccccccc")
+    );
 }

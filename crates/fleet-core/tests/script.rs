@@ -107,6 +107,7 @@ fn run(script: &str) {
                 workload: workload.to_string(),
                 revision: sha.to_string(),
                 allow_rejected: false,
+                override_freeze: false,
             },
             ["handover", from, to, term, p99s @ ..] => Command::RecordLeadershipHandover {
                 from_node: from.parse().unwrap(),
@@ -226,6 +227,7 @@ fn publish_refuses_anything_but_a_full_sha() {
     "#);
 }
 
+/// Each registration uses a version of its own (v1, v2 here), so the first release is v3.
 #[test]
 fn release_assigns_the_first_environment_only_and_versions_grow() {
     run(&format!(
@@ -242,14 +244,14 @@ fn release_assigns_the_first_environment_only_and_versions_grow() {
         ok {{"type":"release_published","workload":"web","revision":"{SHA_A}","environment":"staging","clusters":["stg-1"]}}
         > status
         prod-1 oslo production - -
-        stg-1 oslo staging web 3f2a000@v1
+        stg-1 oslo staging web 3f2a000@v3
         > publish web {SHA_A}
         ok {{"type":"release_published","workload":"web","revision":"{SHA_A}","environment":"staging","clusters":[]}}
         > publish web {SHA_B}
         ok {{"type":"release_published","workload":"web","revision":"{SHA_B}","environment":"staging","clusters":["stg-1"]}}
         > status
         prod-1 oslo production - -
-        stg-1 oslo staging web 9c1b000@v2
+        stg-1 oslo staging web 9c1b000@v4
     "#
     ));
 }
@@ -271,7 +273,7 @@ fn a_cluster_registered_later_gets_its_environments_desired_revision() {
         > cluster stg-2 bergen staging
         ok {{"type":"cluster_registered","name":"stg-2","assignments":1}}
         > status
-        stg-2 bergen staging web 3f2a000@v2
+        stg-2 bergen staging web 3f2a000@v4
     "#
     ));
 }
@@ -327,6 +329,7 @@ fn apply_is_deterministic_for_the_same_commands_and_contexts() {
             workload: "web".into(),
             revision: SHA_A.into(),
             allow_rejected: false,
+            override_freeze: false,
         },
     ];
     let replay = || {

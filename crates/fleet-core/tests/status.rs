@@ -39,6 +39,7 @@ fn fleet() -> State {
             workload: "web".into(),
             revision: SHA.into(),
             allow_rejected: false,
+            override_freeze: false,
         },
     ] {
         state.apply(&command, &ctx(1_000)).unwrap();

@@ -14,8 +14,22 @@ use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
-/// How long to wait for a TCP connection to one endpoint before trying the next.
+/// How long to wait for a connection (TCP and the HTTP/2 handshake) to one endpoint before
+/// trying the next.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one endpoint has to answer a read before the next is tried. A stopped process
+/// still completes the TCP handshake (the kernel does it), so only an answer tells a live node
+/// from a hung one; a linearizable read on a healthy node takes milliseconds, or an election
+/// (about a second) when the leader just changed.
+const READ_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether a call changes anything: a write is tried on the next endpoint only when it surely
+/// was not sent; a read whenever an endpoint does not answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+}
 
 #[derive(Debug, Error)]
 pub enum CtlError {
@@ -27,6 +41,10 @@ pub enum CtlError {
     },
     #[error("no coordinator answered at {endpoints}: {detail}")]
     Unreachable { endpoints: String, detail: String },
+    #[error(
+        "the write was sent to {endpoint}, which did not answer within {waited_ms} ms: it may or may not have been applied"
+    )]
+    UnknownOutcome { endpoint: String, waited_ms: u128 },
 }
 
 impl CtlError {
@@ -54,6 +72,7 @@ impl CtlError {
                 _ => 1,
             },
             CtlError::Unreachable { .. } => 5,
+            CtlError::UnknownOutcome { .. } => 6,
         }
     }
 
@@ -63,6 +82,10 @@ impl CtlError {
             CtlError::Unreachable { .. } => {
                 Some("check --endpoints (or FLEET_ENDPOINTS) and that a coordinator runs there")
             }
+            CtlError::UnknownOutcome { .. } => Some(
+                "look before repeating it: `fleet-ctl audit` lists every applied change, and the \
+                 matching list or status command shows the state",
+            ),
         }
     }
 }
@@ -93,6 +116,16 @@ impl Req {
     }
 }
 
+fn fleet_client(channel: Channel) -> FleetServiceClient<Channel> {
+    FleetServiceClient::new(channel)
+        .max_decoding_message_size(fleet_node::service::MAX_RESPONSE_BYTES)
+}
+
+fn promotion_client(channel: Channel) -> PromotionServiceClient<Channel> {
+    PromotionServiceClient::new(channel)
+        .max_decoding_message_size(fleet_node::service::MAX_RESPONSE_BYTES)
+}
+
 pub struct Client {
     endpoints: Vec<String>,
     req: Req,
@@ -109,56 +142,73 @@ impl Client {
         }
     }
 
+    /// A connection to one endpoint, or why there is none; nothing has been sent on failure.
     async fn connect(address: &str) -> Result<Channel, String> {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| format!("{address}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT);
-        endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("{address}: {e}"))
+        match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+            Ok(result) => result.map_err(|e| format!("{address}: {e}")),
+            Err(_) => Err(format!(
+                "{address}: no connection within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            )),
+        }
     }
 
-    /// Calls the FleetService on the endpoints in turn until one answers with anything other
-    /// than UNAVAILABLE (which means nothing was done and another node may do better).
+    /// A write to the FleetService: the endpoints in turn until one answers with anything
+    /// other than UNAVAILABLE (which means nothing was done and another node may do better).
+    /// The next endpoint is tried only when the write surely was not sent; a write that was
+    /// sent and got no answer within the timeout is [`CtlError::UnknownOutcome`].
     pub async fn fleet<T, F, Fut>(&self, call: F) -> Result<T, CtlError>
     where
         F: Fn(FleetServiceClient<Channel>, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call(
-            |channel| {
-                FleetServiceClient::new(channel)
-                    .max_decoding_message_size(fleet_node::service::MAX_RESPONSE_BYTES)
-            },
-            call,
-        )
-        .await
+        self.call(Kind::Write, fleet_client, call).await
     }
 
-    /// The same for the PromotionService.
+    /// A read from the FleetService: as [`Client::fleet`], but an endpoint that does not answer
+    /// within [`READ_ATTEMPT_TIMEOUT`] is passed over (with a warning naming it) for the next.
+    pub async fn fleet_read<T, F, Fut>(&self, call: F) -> Result<T, CtlError>
+    where
+        F: Fn(FleetServiceClient<Channel>, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call(Kind::Read, fleet_client, call).await
+    }
+
+    /// A write to the PromotionService, as [`Client::fleet`].
     pub async fn promotion<T, F, Fut>(&self, call: F) -> Result<T, CtlError>
     where
         F: Fn(PromotionServiceClient<Channel>, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call(
-            |channel| {
-                PromotionServiceClient::new(channel)
-                    .max_decoding_message_size(fleet_node::service::MAX_RESPONSE_BYTES)
-            },
-            call,
-        )
-        .await
+        self.call(Kind::Write, promotion_client, call).await
     }
 
-    async fn call<C, T, F, Fut>(&self, make: impl Fn(Channel) -> C, call: F) -> Result<T, CtlError>
+    /// A read from the PromotionService, as [`Client::fleet_read`].
+    pub async fn promotion_read<T, F, Fut>(&self, call: F) -> Result<T, CtlError>
+    where
+        F: Fn(PromotionServiceClient<Channel>, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call(Kind::Read, promotion_client, call).await
+    }
+
+    async fn call<C, T, F, Fut>(
+        &self,
+        kind: Kind,
+        make: impl Fn(Channel) -> C,
+        call: F,
+    ) -> Result<T, CtlError>
     where
         F: Fn(C, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let n = self.endpoints.len();
         let first = self.preferred.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + self.req.timeout;
         let mut last_unavailable = None;
         let mut problems = Vec::new();
         for i in 0..n {
@@ -171,16 +221,51 @@ impl Client {
                     continue;
                 }
             };
-            match call(make(channel), self.req.clone()).await {
-                Ok(response) => {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = match kind {
+                Kind::Read => left.min(READ_ATTEMPT_TIMEOUT),
+                Kind::Write => left,
+            };
+            let req = Req {
+                actor: self.req.actor.clone(),
+                timeout: attempt,
+            };
+            // The request carries the attempt's deadline too (grpc-timeout), so the node stops
+            // working on it when this side stops waiting.
+            let answer = tokio::time::timeout(attempt, call(make(channel), req)).await;
+            let timed_out = match answer {
+                Ok(Ok(response)) => {
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(response.into_inner());
                 }
-                Err(status) if status.code() == Code::Unavailable => {
+                Ok(Err(status)) if status.code() == Code::Unavailable => {
                     problems.push(format!("{address}: {}", status.message()));
                     last_unavailable = Some(status);
+                    continue;
                 }
-                Err(status) => return Err(CtlError::from_status(status)),
+                Ok(Err(status))
+                    if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled) =>
+                {
+                    true
+                }
+                Ok(Err(status)) => return Err(CtlError::from_status(status)),
+                Err(_) => true,
+            };
+            if timed_out {
+                if kind == Kind::Write {
+                    return Err(CtlError::UnknownOutcome {
+                        endpoint: address.clone(),
+                        waited_ms: attempt.as_millis(),
+                    });
+                }
+                eprintln!(
+                    "warning: {address} did not answer within {} ms; trying the next endpoint",
+                    attempt.as_millis()
+                );
+                problems.push(format!(
+                    "{address}: no answer within {} ms",
+                    attempt.as_millis()
+                ));
             }
         }
         match last_unavailable {

@@ -2,7 +2,9 @@
 //!
 //! Data goes to stdout (`-o table` or `-o json`), messages to stderr. Exit codes:
 //! 0 success, 1 other failure, 2 usage or invalid argument, 3 not found, 4 already exists or
-//! failed precondition, 5 no coordinator reachable or no leader.
+//! failed precondition, 5 no coordinator reachable or no leader, 6 a write was sent but not
+//! answered (it may or may not have been applied). Output to a closed pipe ends the process
+//! quietly (SIGPIPE).
 
 mod client;
 mod output;
@@ -108,16 +110,17 @@ enum Cmd {
     },
     /// Per cluster: desired and applied revision, sync, health, drift and last seen.
     Status,
-    /// The audit log, oldest first: who changed what, when and why. `audit verify` recomputes
-    /// the hash chain.
+    /// The audit log: who changed what, when and why; the newest --limit matching events, in
+    /// sequence order (page back with --before, forward with --after). `audit verify`
+    /// recomputes the hash chain.
     #[command(args_conflicts_with_subcommands = true)]
     Audit {
         #[command(subcommand)]
         verify: Option<AuditCmd>,
         /// Only events of this command kind, e.g. publish_release or
         /// record_leadership_handover.
-        #[arg(long, default_value = "")]
-        kind: String,
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(fleet_core::Command::KINDS))]
+        kind: Option<String>,
         /// Only events whose command names this workload.
         #[arg(long)]
         workload: Option<String>,
@@ -127,9 +130,12 @@ enum Cmd {
         /// Only events at or after this RFC 3339 time.
         #[arg(long, value_parser = parse_rfc3339_ms)]
         since: Option<u64>,
-        /// Only events after this sequence number.
-        #[arg(long, default_value_t = 0)]
-        after: u64,
+        /// The oldest matching events after this sequence number (forward paging).
+        #[arg(long, conflicts_with = "before")]
+        after: Option<u64>,
+        /// The newest matching events before this sequence number (backward paging).
+        #[arg(long)]
+        before: Option<u64>,
         /// At most this many events.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
@@ -238,12 +244,20 @@ enum AuditCmd {
     Verify,
 }
 
-fn parse_rfc3339_ms(s: &str) -> Result<u64, String> {
-    humantime::parse_rfc3339_weak(s)
-        .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e}); e.g. 2026-11-22T12:00:00Z"))?
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .map_err(|_| format!("{s:?} is before 1970"))
+/// An RFC 3339 time (section 5.6: `2026-11-30T15:34:27+05:30`, `...Z`, `...-00:00`, with
+/// fractions of a second) as milliseconds since the Unix epoch. A time without a zone offset
+/// is refused: whose local time it meant cannot be known.
+pub fn parse_rfc3339_ms(s: &str) -> Result<u64, String> {
+    let at: jiff::Timestamp = s.parse().map_err(|e| {
+        if s.parse::<jiff::civil::DateTime>().is_ok() {
+            format!(
+                "{s:?} has no zone offset; add Z for UTC or the offset meant, e.g. {s}Z or {s}+01:00"
+            )
+        } else {
+            format!("{s:?} is not an RFC 3339 time ({e}); e.g. 2026-11-30T15:34:27+01:00 or 2026-11-30T14:34:27Z")
+        }
+    })?;
+    u64::try_from(at.as_millisecond()).map_err(|_| format!("{s:?} is before 1970"))
 }
 
 #[derive(Subcommand)]
@@ -260,6 +274,10 @@ enum ReleaseCmd {
         /// environment; the audit event says so.
         #[arg(long)]
         allow_rejected: bool,
+        /// Publish although a freeze window covers the first environment; the audit event
+        /// says so.
+        #[arg(long)]
+        override_freeze: bool,
     },
     List {
         workload: String,
@@ -297,7 +315,20 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not K=V"))
 }
 
+/// Output to a pipe whose reader went away (`fleet-ctl audit | head -1`) ends the process
+/// quietly, as it does for `cat` or `ls`: Rust ignores SIGPIPE by default, which makes
+/// `println!` panic on EPIPE instead. Sockets are unaffected: the standard library sends with
+/// MSG_NOSIGNAL.
+fn die_quietly_on_closed_pipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_DFL installs no handler code; nothing runs in signal context.
+    if let Err(e) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        eprintln!("warning: cannot restore SIGPIPE: {e}");
+    }
+}
+
 fn main() -> ExitCode {
+    die_quietly_on_closed_pipe();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -408,7 +439,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Site(SiteCmd::List) => {
             let r = client
-                .fleet(|mut f, req: Req| {
+                .fleet_read(|mut f, req: Req| {
                     let request = req.wrap(ListSitesRequest { consistency: c });
                     async move { f.list_sites(request).await }
                 })
@@ -435,7 +466,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Environment(EnvironmentCmd::List) => {
             let r = client
-                .fleet(|mut f, req: Req| {
+                .fleet_read(|mut f, req: Req| {
                     let request = req.wrap(ListEnvironmentsRequest { consistency: c });
                     async move { f.list_environments(request).await }
                 })
@@ -471,7 +502,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Cluster(ClusterCmd::List) => {
             let r = client
-                .fleet(|mut f, req: Req| {
+                .fleet_read(|mut f, req: Req| {
                     let request = req.wrap(ListClustersRequest { consistency: c });
                     async move { f.list_clusters(request).await }
                 })
@@ -491,7 +522,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Cluster(ClusterCmd::Describe { name }) => {
             let r = client
-                .fleet(|mut f, req: Req| {
+                .fleet_read(|mut f, req: Req| {
                     let request = req.wrap(GetClusterRequest {
                         name: name.clone(),
                         consistency: c,
@@ -600,7 +631,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Workload(WorkloadCmd::List) => {
             let r = client
-                .fleet(|mut f, req: Req| {
+                .fleet_read(|mut f, req: Req| {
                     let request = req.wrap(ListWorkloadsRequest { consistency: c });
                     async move { f.list_workloads(request).await }
                 })
@@ -633,6 +664,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             revision,
             repo,
             allow_rejected,
+            override_freeze,
         }) => {
             let revision = match repo {
                 Some(path) => resolve_revision(&path, &revision)?,
@@ -645,6 +677,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         revision: revision.clone(),
                         reason: reason.clone(),
                         allow_rejected,
+                        override_freeze,
                     };
                     async move { f.publish_release(req.wrap(request)).await }
                 })
@@ -671,7 +704,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Release(ReleaseCmd::List { workload }) => {
             let r = client
-                .fleet(|mut f, req: Req| {
+                .fleet_read(|mut f, req: Req| {
                     let request = req.wrap(ListReleasesRequest {
                         workload: workload.clone(),
                         consistency: c,
@@ -703,15 +736,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cluster,
             since,
             after,
+            before,
             limit,
         } => {
             let filter = AuditFilter {
-                kind,
+                kind: kind.unwrap_or_default(),
                 workload,
                 cluster,
                 since,
             };
-            audit(&client, c, filter, after, limit, json).await
+            let page = match (after, before) {
+                (Some(after), _) => AuditPage::After(after),
+                (None, before) => AuditPage::Before(before.unwrap_or(0)),
+            };
+            audit(&client, c, filter, page, limit, json).await
         }
         Cmd::DiskBench { .. } => unreachable!("handled before connecting"),
         Cmd::History { cluster, at } => history(&client, c, cluster, at, json).await,
@@ -729,7 +767,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Status => {
             let r = client
-                .fleet(|mut f, req: Req| {
+                .fleet_read(|mut f, req: Req| {
                     let request = req.wrap(GetStatusRequest { consistency: c });
                     async move { f.get_status(request).await }
                 })
@@ -750,12 +788,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let now = now_ms();
             for row in &r.rows {
                 let report = row.report.as_ref();
+                if row.not_assigned {
+                    eprintln!(
+                        "warning: the agent of {} still reports {}, which is not assigned to it (last seen {}); it prunes a workload that left its set, so it has not heard of the change yet or cannot prune",
+                        row.cluster,
+                        row.workload,
+                        ago(row.last_seen_ms, now)
+                    );
+                }
                 t.row(vec![
                     row.cluster.clone(),
                     row.site.clone(),
                     row.environment.clone(),
                     dash(&row.workload),
-                    dash(short(&row.desired_revision)),
+                    if row.not_assigned {
+                        "not assigned".to_string()
+                    } else {
+                        dash(short(&row.desired_revision))
+                    },
                     dash(report.map_or("", |r| short(&r.applied_revision))),
                     report.map_or("-".into(), |r| sync_text(r.sync).into()),
                     report.map_or("-".into(), |r| health_text(r.health).into()),
@@ -768,6 +818,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "desired_revision": (!row.desired_revision.is_empty()).then_some(&row.desired_revision),
                     "assignment_version": (row.assignment_version > 0).then_some(row.assignment_version),
                     "last_seen_ms": (row.last_seen_ms > 0).then_some(row.last_seen_ms),
+                    "not_assigned": row.not_assigned,
                 });
                 if let Some(report) = report {
                     item["report"] = report_json(report);
@@ -783,7 +834,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// member's own term and indexes (asked directly; `unreachable` when it does not answer).
 async fn coordinator_status(client: &Client, json: bool) -> anyhow::Result<()> {
     let view = client
-        .fleet(|mut f, req: Req| {
+        .fleet_read(|mut f, req: Req| {
             let request = req.wrap(GetCoordinatorStatusRequest {});
             async move { f.get_coordinator_status(request).await }
         })
@@ -892,6 +943,39 @@ impl AuditFilter {
     }
 }
 
+/// Which end of the log `audit` shows.
+#[derive(Clone, Copy)]
+enum AuditPage {
+    /// The oldest events after this sequence number.
+    After(u64),
+    /// The newest events before this sequence number (0: the newest of all).
+    Before(u64),
+}
+
+/// One `ListAuditEvents` call.
+async fn audit_page(
+    client: &Client,
+    consistency: i32,
+    kind: &str,
+    after_sequence: u64,
+    before_sequence: u64,
+    newest: bool,
+) -> anyhow::Result<fleet_node::proto::ListAuditEventsResponse> {
+    Ok(client
+        .fleet_read(|mut f, req: Req| {
+            let request = req.wrap(ListAuditEventsRequest {
+                after_sequence,
+                max_events: 0,
+                kind: kind.to_string(),
+                consistency,
+                before_sequence,
+                newest,
+            });
+            async move { f.list_audit_events(request).await }
+        })
+        .await?)
+}
+
 /// Every event after `after`, page by page, of one kind or all.
 async fn fetch_audit(
     client: &Client,
@@ -903,17 +987,7 @@ async fn fetch_audit(
     let mut events = Vec::new();
     let mut after_sequence = after;
     while events.len() < limit {
-        let page = client
-            .fleet(|mut f, req: Req| {
-                let request = req.wrap(ListAuditEventsRequest {
-                    after_sequence,
-                    max_events: 0,
-                    kind: kind.to_string(),
-                    consistency,
-                });
-                async move { f.list_audit_events(request).await }
-            })
-            .await?;
+        let page = audit_page(client, consistency, kind, after_sequence, 0, false).await?;
         let Some(last) = page.events.last() else {
             break;
         };
@@ -921,6 +995,35 @@ async fn fetch_audit(
         events.extend(page.events);
     }
     Ok(events)
+}
+
+/// The newest `limit` events of one kind or all before `before` (0: the newest of all), in
+/// sequence order, and how many match in all.
+async fn fetch_audit_newest(
+    client: &Client,
+    consistency: i32,
+    kind: &str,
+    before: u64,
+    limit: usize,
+) -> anyhow::Result<(Vec<AuditEvent>, u64)> {
+    let mut pages: Vec<Vec<AuditEvent>> = Vec::new();
+    let mut before_sequence = before;
+    let mut matching = None;
+    let mut fetched = 0;
+    while fetched < limit {
+        let page = audit_page(client, consistency, kind, 0, before_sequence, true).await?;
+        matching.get_or_insert(page.matching);
+        let Some(first) = page.events.first() else {
+            break;
+        };
+        before_sequence = first.sequence;
+        fetched += page.events.len();
+        pages.push(page.events);
+    }
+    let mut events: Vec<AuditEvent> = pages.into_iter().rev().flatten().collect();
+    let excess = events.len().saturating_sub(limit);
+    events.drain(..excess);
+    Ok((events, matching.unwrap_or(0)))
 }
 
 /// `audit verify`: the chain recomputed on this machine from what the coordinator serves.
@@ -963,19 +1066,58 @@ async fn audit(
     client: &Client,
     consistency: i32,
     filter: AuditFilter,
-    after: u64,
+    page: AuditPage,
     limit: usize,
     json: bool,
 ) -> anyhow::Result<()> {
     let filtering = filter.workload.is_some() || filter.cluster.is_some() || filter.since.is_some();
-    let fetch_limit = if filtering { usize::MAX } else { limit };
-    let mut events: Vec<AuditEvent> =
-        fetch_audit(client, consistency, &filter.kind, after, fetch_limit)
-            .await?
-            .into_iter()
-            .filter(|e| filter.keeps(e))
-            .collect();
-    events.truncate(limit);
+    let (events, matching) = match page {
+        // Filters the coordinator does not know are applied here, over every event of the
+        // range.
+        AuditPage::After(after) if filtering => {
+            let all = fetch_audit(client, consistency, &filter.kind, after, usize::MAX).await?;
+            let kept: Vec<AuditEvent> = all.into_iter().filter(|e| filter.keeps(e)).collect();
+            let matching = kept.len() as u64;
+            (kept.into_iter().take(limit).collect(), matching)
+        }
+        AuditPage::Before(before) if filtering => {
+            let mut kept: Vec<AuditEvent> =
+                fetch_audit(client, consistency, &filter.kind, 0, usize::MAX)
+                    .await?
+                    .into_iter()
+                    .filter(|e| (before == 0 || e.sequence < before) && filter.keeps(e))
+                    .collect();
+            let matching = kept.len() as u64;
+            kept.drain(..kept.len().saturating_sub(limit));
+            (kept, matching)
+        }
+        AuditPage::After(after) => {
+            let first = audit_page(client, consistency, &filter.kind, after, 0, false).await?;
+            let events = fetch_audit(client, consistency, &filter.kind, after, limit).await?;
+            (events.into_iter().take(limit).collect(), first.matching)
+        }
+        AuditPage::Before(before) => {
+            fetch_audit_newest(client, consistency, &filter.kind, before, limit).await?
+        }
+    };
+    if (events.len() as u64) < matching
+        && let (Some(first), Some(last)) = (events.first(), events.last())
+    {
+        let more = match page {
+            AuditPage::After(_) => {
+                format!("newer ones: `fleet-ctl audit --after {}`", last.sequence)
+            }
+            AuditPage::Before(_) => {
+                format!("older ones: `fleet-ctl audit --before {}`", first.sequence)
+            }
+        };
+        eprintln!(
+            "showing {} of {matching} matching events (sequences {}-{}); {more}",
+            events.len(),
+            first.sequence,
+            last.sequence
+        );
+    }
     let mut t = Table::new(&["SEQ", "TIME", "ACTOR", "KIND", "SUMMARY"]);
     for e in &events {
         t.row(vec![
@@ -1010,7 +1152,7 @@ async fn history(
     json: bool,
 ) -> anyhow::Result<()> {
     let r = client
-        .fleet(|mut f, req: Req| {
+        .fleet_read(|mut f, req: Req| {
             let request = req.wrap(GetClusterHistoryRequest {
                 cluster: cluster.clone(),
                 at_ms: at.unwrap_or(0),
@@ -1074,7 +1216,7 @@ async fn history(
 /// `coordinator disk`: one row per member, from the member itself.
 async fn coordinator_disk(client: &Client, json: bool) -> anyhow::Result<()> {
     let view = client
-        .fleet(|mut f, req: Req| {
+        .fleet_read(|mut f, req: Req| {
             let request = req.wrap(GetCoordinatorStatusRequest {});
             async move { f.get_coordinator_status(request).await }
         })
@@ -1249,11 +1391,14 @@ fn resolve_revision(repo: &std::path::Path, spec: &str) -> anyhow::Result<String
     let id = repository
         .rev_parse_single(spec)
         .with_context(|| format!("resolve {spec:?} in {}", repo.display()))?;
-    let commit = id
-        .object()
-        .context("read the object")?
-        .peel_to_commit()
-        .with_context(|| format!("{spec:?} does not name a commit"))?;
+    let object = id.object().context("read the object")?;
+    let kind = object.kind;
+    // An annotated tag is peeled to its commit; a tree or a blob is refused, naming it.
+    let commit = object.peel_to_commit().map_err(|_| {
+        anyhow!(
+            "{spec:?} names a {kind} ({id}), not a commit; publish a commit, or a tag or branch that points to one"
+        )
+    })?;
     Ok(commit.id.to_string())
 }
 

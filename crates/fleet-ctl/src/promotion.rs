@@ -117,23 +117,15 @@ pub enum FreezeCmd {
     /// Block promotions into ENV between two RFC 3339 times.
     Add {
         environment: String,
-        #[arg(long, value_parser = parse_time)]
+        #[arg(long, value_parser = crate::parse_rfc3339_ms)]
         from: u64,
-        #[arg(long, value_parser = parse_time)]
+        #[arg(long, value_parser = crate::parse_rfc3339_ms)]
         to: u64,
     },
     List,
     Remove {
         id: u64,
     },
-}
-
-fn parse_time(s: &str) -> Result<u64, String> {
-    humantime::parse_rfc3339_weak(s)
-        .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e}); e.g. 2026-12-24T00:00:00Z"))?
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .map_err(|_| format!("{s:?} is before 1970"))
 }
 
 fn short(sha: &str) -> &str {
@@ -186,7 +178,7 @@ pub async fn pipeline(
         }
         PipelineCmd::Show { workload } => {
             let r = client
-                .promotion(|mut p, req: Req| {
+                .promotion_read(|mut p, req: Req| {
                     let request = req.wrap(GetPipelineRequest {
                         workload: workload.clone(),
                         consistency,
@@ -343,7 +335,7 @@ fn rollout_json(r: &Rollout) -> serde_json::Value {
 
 pub async fn plan(client: &Client, a: PlanArgs, json: bool) -> anyhow::Result<()> {
     let r = client
-        .promotion(|mut p, req: Req| {
+        .promotion_read(|mut p, req: Req| {
             let request = req.wrap(PlanRequest {
                 workload: a.workload.clone(),
                 environment: a.to.clone(),
@@ -388,7 +380,7 @@ pub async fn plan(client: &Client, a: PlanArgs, json: bool) -> anyhow::Result<()
 
 async fn get_rollout(client: &Client, t: &Target, consistency: i32) -> Result<Rollout, CtlError> {
     let r = client
-        .promotion(|mut p, req: Req| {
+        .promotion_read(|mut p, req: Req| {
             let request = req.wrap(GetRolloutRequest {
                 workload: t.workload.clone(),
                 environment: t.env.clone(),
@@ -698,7 +690,7 @@ pub async fn freeze(
         }
         FreezeCmd::List => {
             let r = client
-                .promotion(|mut p, req: Req| {
+                .promotion_read(|mut p, req: Req| {
                     let request = req.wrap(ListFreezesRequest { consistency });
                     async move { p.list_freezes(request).await }
                 })

@@ -452,3 +452,65 @@ async fn the_embedded_demo_runs_the_whole_loop_and_promotes_to_production() {
         );
     }
 }
+
+/// The report's input: `cluster remove c1` then `cluster register c1 --env production`, where
+/// nothing is assigned. The empty set used to have version 0, below the agent's own, so the
+/// agent kept enforcing the old workload, also after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_removed_and_registered_again_reaches_its_agent_as_a_newer_empty_set() {
+    let coordinator = ProcessCluster::start(1, &[]).await;
+    let ep = coordinator.endpoints();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    write(&repo, "app/app.conf", "one\n");
+    let sha = commit(&repo, "one");
+    ok_json(&ep, &["site", "add", "oslo"]);
+    ok_json(
+        &ep,
+        &[
+            "cluster", "register", "c1", "--site", "oslo", "--env", "staging",
+        ],
+    );
+    let url = format!("file://{}", repo.display());
+    ok_json(
+        &ep,
+        &["workload", "create", "web", "--repo", &url, "--path", "app"],
+    );
+    publish(&ep, &sha);
+    let mut agent = AgentProcess::start(dir.path(), "c1", &ep, "1s");
+    wait_until(Duration::from_secs(15), "web applied on c1", || {
+        agent.file("web", "app.conf").as_deref() == Some("one\n")
+    })
+    .await;
+
+    ok_json(&ep, &["cluster", "remove", "c1"]);
+    ok_json(
+        &ep,
+        &[
+            "cluster",
+            "register",
+            "c1",
+            "--site",
+            "oslo",
+            "--env",
+            "production",
+        ],
+    );
+    wait_until(Duration::from_secs(15), "web pruned from c1", || {
+        !agent.root.join("web").join("app.conf").exists()
+    })
+    .await;
+    agent.kill();
+    agent.restart();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !agent.root.join("web").join("app.conf").exists(),
+        "still pruned after a restart: {}",
+        agent.log()
+    );
+    let row = status_of(&ep, "c1");
+    assert_eq!(row["workload"], Value::Null, "{row}");
+    assert_eq!(row["not_assigned"], false, "{row}");
+}

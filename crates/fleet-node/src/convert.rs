@@ -192,6 +192,7 @@ pub fn status_row(r: &StatusRow, last_seen_ms: u64) -> proto::StatusRow {
             .map(|r| r.0.clone())
             .unwrap_or_default(),
         assignment_version: r.assignment_version.unwrap_or_default(),
+        not_assigned: r.not_assigned,
     }
 }
 

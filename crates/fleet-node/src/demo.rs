@@ -119,6 +119,7 @@ pub async fn seed(c: &Arc<Coordinator>, repository: &Path) -> Result<(), NodeErr
         workload: "web".into(),
         revision: first,
         allow_rejected: false,
+        override_freeze: false,
     });
     for command in commands {
         c.write(command, "system:demo".into(), "demo fleet".into())

@@ -241,6 +241,7 @@ impl FleetService for FleetApi {
             workload: r.workload,
             revision: r.revision,
             allow_rejected: r.allow_rejected,
+            override_freeze: r.override_freeze,
         };
         let (index, outcome) = self.write(command, actor, r.reason).await?;
         let (environment, clusters) = match outcome {
@@ -304,9 +305,10 @@ impl FleetService for FleetApi {
         let rows = self
             .0
             .read(consistency(r.consistency), |s| {
+                let now = now_ms();
                 s.status_rows()
                     .iter()
-                    .map(|row| {
+                    .filter_map(|row| {
                         let last_seen = match (&row.workload, &row.report) {
                             (Some(w), Some(r)) => {
                                 self.0
@@ -315,7 +317,11 @@ impl FleetService for FleetApi {
                             }
                             _ => 0,
                         };
-                        convert::status_row(row, last_seen)
+                        // An agent that stopped reporting a workload no longer assigned has
+                        // pruned it (or is gone): the row goes.
+                        let silent = now.saturating_sub(last_seen)
+                            >= fleet_core::rollout::UNREACHABLE_AFTER_MS;
+                        (!(row.not_assigned && silent)).then(|| convert::status_row(row, last_seen))
                     })
                     .collect()
             })
@@ -369,19 +375,36 @@ impl FleetService for FleetApi {
                 .into());
             }
         };
+        if !r.kind.is_empty() && !fleet_core::Command::KINDS.contains(&r.kind.as_str()) {
+            return Err(NodeError::InvalidArgument {
+                field: "kind",
+                message: format!("{:?} is not a command kind", r.kind),
+                hint: format!("use one of {}", fleet_core::Command::KINDS.join(", ")),
+            }
+            .into());
+        }
         let response = self
             .0
             .read(consistency(r.consistency), |s| {
                 let all = s.audit_events();
                 let start = (r.after_sequence as usize).min(all.len());
+                let end = match r.before_sequence {
+                    0 => all.len(),
+                    before => (before.saturating_sub(1) as usize).clamp(start, all.len()),
+                };
+                let matching: Vec<&fleet_core::AuditEvent> = all[start..end]
+                    .iter()
+                    .filter(|e| r.kind.is_empty() || e.command.kind() == r.kind)
+                    .collect();
+                let page = if r.newest {
+                    &matching[matching.len().saturating_sub(max)..]
+                } else {
+                    &matching[..matching.len().min(max)]
+                };
                 ListAuditEventsResponse {
-                    events: all[start..]
-                        .iter()
-                        .filter(|e| r.kind.is_empty() || e.command.kind() == r.kind)
-                        .take(max)
-                        .map(convert::audit_event)
-                        .collect(),
+                    events: page.iter().map(|e| convert::audit_event(e)).collect(),
                     last_sequence: all.len() as u64,
+                    matching: matching.len() as u64,
                 }
             })
             .await?;
@@ -548,7 +571,7 @@ fn assignment_set(c: &Coordinator, cluster: &str) -> Result<AssignmentSet, Statu
     c.read_state(|s| {
         let assignments = s.assignments(cluster)?;
         Ok::<_, fleet_core::CoreError>(AssignmentSet {
-            version: assignments.iter().map(|a| a.version).max().unwrap_or(0),
+            version: s.assignment_set_version(cluster),
             assignments: assignments.into_iter().map(convert::assignment).collect(),
         })
     })

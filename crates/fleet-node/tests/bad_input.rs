@@ -85,6 +85,7 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
             revision: "main".into(),
             reason: String::new(),
             allow_rejected: false,
+            override_freeze: false,
         })
         .await;
     assert_refused(r, Code::InvalidArgument, &["revision", "40 hex"]);
@@ -94,6 +95,7 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
             revision: "3f2a00000000000000000000000000000000000z".into(),
             reason: String::new(),
             allow_rejected: false,
+            override_freeze: false,
         })
         .await;
     assert_refused(r, Code::InvalidArgument, &["revision"]);
@@ -110,6 +112,7 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
             revision: "3f2a000000000000000000000000000000000001".into(),
             reason: String::new(),
             allow_rejected: false,
+            override_freeze: false,
         })
         .await;
     assert_refused(r, Code::NotFound, &["workload", "api"]);
@@ -247,6 +250,7 @@ async fn malformed_input_is_refused_by_a_node_that_has_lost_its_quorum() {
             revision: "main".into(),
             reason: String::new(),
             allow_rejected: false,
+            override_freeze: false,
         })
         .await;
     assert_refused(r, Code::InvalidArgument, &["revision", "40 hex"]);

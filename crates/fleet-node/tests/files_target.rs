@@ -592,3 +592,55 @@ fn a_submodule_in_the_workload_path_fails_the_revision_naming_it() {
     );
     assert!(snapshot(&target.web()).is_empty());
 }
+
+#[test]
+fn a_revision_naming_a_tag_a_tree_or_a_blob_is_reported_as_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = Repo::new(dir.path());
+    let commit = repo.commit(&[Entry::File(b"app/a.conf", b"a\n")]);
+    let tag_args: [&OsStr; 6] = [
+        "tag".as_ref(),
+        "-a".as_ref(),
+        "v1".as_ref(),
+        "-m".as_ref(),
+        "release 1".as_ref(),
+        commit.as_ref(),
+    ];
+    let env = [
+        ("GIT_COMMITTER_NAME", OsStr::new("t")),
+        ("GIT_COMMITTER_EMAIL", OsStr::new("t@example.no")),
+    ];
+    run(&repo.dir, &tag_args, &env, b"");
+    let tag = run(&repo.dir, &["rev-parse".as_ref(), "v1".as_ref()], &[], b"");
+    let tree = run(
+        &repo.dir,
+        &["rev-parse".as_ref(), format!("{commit}^{{tree}}").as_ref()],
+        &[],
+        b"",
+    );
+    let blob = run(
+        &repo.dir,
+        &[
+            "rev-parse".as_ref(),
+            format!("{commit}:app/a.conf").as_ref(),
+        ],
+        &[],
+        b"",
+    );
+    let target = Target::new(dir.path());
+    let shown = refused(target.apply(&repo, &tag));
+    assert!(
+        shown.contains(&format!(
+            "is an annotated tag of commit {commit}, not a commit"
+        )),
+        "{shown}"
+    );
+    for (sha, what) in [(&tree, "is a tree"), (&blob, "is a blob")] {
+        let shown = refused(target.apply(&repo, sha));
+        assert!(shown.contains(what), "{shown}");
+    }
+    let missing = "0123456789012345678901234567890123456789";
+    assert!(refused(target.apply(&repo, missing)).contains("does not exist"));
+    assert_eq!(snapshot(&target.root), files(&[]), "nothing written");
+    target.apply(&repo, &commit).unwrap();
+}

@@ -209,6 +209,8 @@ async fn a_slow_leader_disk_moves_leadership_to_a_healthy_follower_without_flapp
             max_events: 0,
             kind: "record_leadership_handover".into(),
             consistency: ReadConsistency::Linearizable as i32,
+            before_sequence: 0,
+            newest: false,
         })
         .await
         .unwrap()

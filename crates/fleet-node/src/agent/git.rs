@@ -56,22 +56,42 @@ impl GitCache {
         let id = ObjectId::from_hex(revision.as_bytes())
             .map_err(|e| AgentError::Git(format!("revision {revision}: {e}")))?;
         let repo = self.open(url)?;
-        if !has_commit(&repo, id) {
+        let mut kind = object_kind(&repo, id);
+        if kind != Some(gix::object::Kind::Commit) {
             fetch(&repo, url)?;
-            if !has_commit(&repo, id) {
-                return Err(AgentError::UnknownCommit {
-                    revision: revision.to_string(),
-                    url: url.to_string(),
-                });
-            }
+            kind = object_kind(&repo, id);
         }
-        read_tree(&repo, id, path)
+        match kind {
+            Some(gix::object::Kind::Commit) => read_tree(&repo, id, path),
+            None => Err(AgentError::UnknownCommit {
+                revision: revision.to_string(),
+                url: url.to_string(),
+            }),
+            Some(other) => Err(AgentError::NotACommit {
+                revision: revision.to_string(),
+                url: url.to_string(),
+                what: describe_object(&repo, id, other),
+            }),
+        }
     }
 }
 
-fn has_commit(repo: &gix::Repository, id: ObjectId) -> bool {
-    repo.find_object(id)
-        .is_ok_and(|o| o.kind == gix::object::Kind::Commit)
+/// The kind of the object `id` in the local copy, if it is there.
+fn object_kind(repo: &gix::Repository, id: ObjectId) -> Option<gix::object::Kind> {
+    repo.find_object(id).ok().map(|o| o.kind)
+}
+
+/// "an annotated tag of commit C", "a tree" or "a blob", for an object that is not a commit.
+fn describe_object(repo: &gix::Repository, id: ObjectId, kind: gix::object::Kind) -> String {
+    match kind {
+        gix::object::Kind::Tag => match repo.find_object(id).map(|o| o.peel_to_commit()) {
+            Ok(Ok(commit)) => format!("an annotated tag of commit {}", commit.id),
+            _ => "an annotated tag that points to no commit".to_string(),
+        },
+        gix::object::Kind::Tree => "a tree".to_string(),
+        gix::object::Kind::Blob => "a blob".to_string(),
+        gix::object::Kind::Commit => "a commit".to_string(),
+    }
 }
 
 fn fetch(repo: &gix::Repository, url: &str) -> Result<(), AgentError> {

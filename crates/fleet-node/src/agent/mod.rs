@@ -51,6 +51,16 @@ pub enum AgentError {
     Git(String),
     #[error("commit {revision} does not exist in {url} (fetched branches and tags)")]
     UnknownCommit { revision: String, url: String },
+    /// The revision names an object of `url` that is not a commit: an annotated tag (`what`
+    /// then names the commit it points to), a tree or a blob.
+    #[error(
+        "revision {revision} of {url} is {what}, not a commit; publish a commit SHA (`fleet-ctl release publish --repo` peels a tag to its commit)"
+    )]
+    NotACommit {
+        revision: String,
+        url: String,
+        what: String,
+    },
     #[error("path {path:?} is not a directory at commit {revision}")]
     MissingPath { path: String, revision: String },
     #[error("refused: {0}")]

@@ -716,6 +716,7 @@ async fn fanout(rounds: Vec<usize>, nodes: usize, releases: usize) -> anyhow::Re
                     revision,
                     reason: String::new(),
                     allow_rejected: false,
+                    override_freeze: false,
                 })
                 .await?;
             let mut latency_us = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
