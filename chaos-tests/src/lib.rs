@@ -31,6 +31,7 @@ pub fn smoke_faults() -> Vec<Fault> {
         Fault::FsyncEio(Target::Leader),
         Fault::DiskLoss(Target::Follower),
         Fault::MembershipChange,
+        Fault::ClockSkew(Target::Leader),
     ]
 }
 

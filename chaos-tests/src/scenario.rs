@@ -85,6 +85,10 @@ pub enum Fault {
     /// Under load, a new node joins (learner, then voter) and then a follower of the original
     /// ones is removed and stopped.
     MembershipChange,
+    /// The target restarted under libfaketime (Debian's `faketime`), then its wall clock
+    /// jumps a day ahead: it must stop leading and stamp nothing, and committed time must
+    /// neither go backwards nor run ahead of the real time.
+    ClockSkew(Target),
     /// A deliberate bug, for the checker's own test: a lagging follower serves linearizable
     /// reads from its local state.
     StaleReadBug,
@@ -118,6 +122,8 @@ impl Fault {
             Fault::MinoritySplit,
             Fault::Flapping,
             Fault::MembershipChange,
+            Fault::ClockSkew(Target::Leader),
+            Fault::ClockSkew(Target::Follower),
             Fault::StaleReadBug,
         ]);
         all
@@ -144,6 +150,7 @@ impl Fault {
                 | Fault::StaleReadBug
                 | Fault::DiskLoss(_)
                 | Fault::MembershipChange
+                | Fault::ClockSkew(_)
         )
     }
 
@@ -161,6 +168,7 @@ impl Fault {
             Fault::LoseUnsynced(x) => format!("{}-lose-unsynced", t(x)),
             Fault::DiskLoss(x) => format!("{}-disk-loss", t(x)),
             Fault::MembershipChange => "membership-change".into(),
+            Fault::ClockSkew(x) => format!("{}-clock-a-day-ahead", t(x)),
             Fault::StaleReadBug => "stale-read-bug".into(),
         }
     }
@@ -198,7 +206,7 @@ impl Plan {
             0 => Target::Leader,
             _ => Target::Follower,
         };
-        let fault = match rng.u8(..12) {
+        let fault = match rng.u8(..13) {
             0 => Fault::Kill(target),
             1 => Fault::Pause(target),
             2 => Fault::Partition(target),
@@ -213,6 +221,7 @@ impl Plan {
             8 => Fault::Cut(target),
             9 => Fault::DiskLoss(target),
             10 => Fault::MembershipChange,
+            11 => Fault::ClockSkew(target),
             _ => Fault::Kill(Target::Leader),
         };
         Plan::for_fault(seed, nodes, fault)
@@ -286,7 +295,9 @@ struct System {
 }
 
 impl System {
-    async fn start(nodes: usize, base_dir: &Path) -> anyhow::Result<System> {
+    /// Starts `nodes` coordinators; with `faketime`, each under libfaketime with its own clock
+    /// offset file `faketime-ID` in the run directory, at +0 (see [`skew_clock`]).
+    async fn start(nodes: usize, base_dir: &Path, faketime: bool) -> anyhow::Result<System> {
         let base = tempfile::Builder::new()
             .prefix("fleet-chaos-")
             .tempdir_in(base_dir)
@@ -308,7 +319,7 @@ impl System {
                         .with_context(|| format!("mount the FUSE data dir of node {id}"))?,
                 );
             }
-            let (address, wrapper) = match &net {
+            let (address, mut wrapper): (String, Vec<String>) = match &net {
                 Some(net) => (
                     format!("{}:7400", net.address_of(id)),
                     ["ip", "netns", "exec", &net.namespace(id)]
@@ -321,6 +332,17 @@ impl System {
                     Vec::new(),
                 ),
             };
+            if faketime {
+                let file = base.path().join(format!("faketime-{id}"));
+                std::fs::write(&file, "+0\n")?;
+                wrapper.extend([
+                    "env".to_string(),
+                    format!("LD_PRELOAD={LIBFAKETIME}"),
+                    format!("FAKETIME_TIMESTAMP_FILE={}", file.display()),
+                    "FAKETIME_CACHE_DURATION=1".to_string(),
+                    "FAKETIME_DONT_FAKE_MONOTONIC=1".to_string(),
+                ]);
+            }
             specs.push(NodeSpec {
                 address,
                 data_dir,
@@ -527,7 +549,14 @@ pub async fn run(plan: &Plan, base_dir: &Path) -> anyhow::Result<Report> {
             Some("needs root (network namespaces and FUSE); run as root to include it".into());
         return Ok(report);
     }
-    let mut sys = System::start(plan.nodes, base_dir).await?;
+    if matches!(plan.fault, Fault::ClockSkew(_)) && !Path::new(LIBFAKETIME).exists() {
+        report.skipped = Some(format!(
+            "needs {LIBFAKETIME} (Debian package faketime); install it to include it"
+        ));
+        return Ok(report);
+    }
+    let faketime = matches!(plan.fault, Fault::ClockSkew(_));
+    let mut sys = System::start(plan.nodes, base_dir, faketime).await?;
     let commits = sys.seed_state().await?;
     if let Fault::LoseUnsynced(target) = plan.fault {
         // Track unsynced writes from the start on the node the fault will hit.
@@ -658,7 +687,7 @@ pub async fn deposed_leader_probe(base_dir: &Path) -> anyhow::Result<Report> {
         report.skipped = Some("needs root (network namespaces); run as root to include it".into());
         return Ok(report);
     }
-    let sys = System::start(3, base_dir).await?;
+    let sys = System::start(3, base_dir, false).await?;
     let recorder = Recorder::default();
     let started = Instant::now();
     let op = |node: u64, key: &'static str, input: Input| {
@@ -735,6 +764,41 @@ async fn leader_among(sys: &System, candidates: &[u64]) -> anyhow::Result<u64> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// libfaketime for multi-threaded programs, as Debian's `faketime` installs it.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+/// How long a node whose clock jumped may still lead: a second to judge its clock, then the
+/// others' election timeout once it stops sending heartbeats.
+const SKEWED_LEADER_BOUND: Duration = Duration::from_secs(5);
+
+/// The clock-skew fault: `node`'s clock (its libfaketime offset file) moved a day ahead for
+/// `hold` (at least [`SKEWED_LEADER_BOUND`] and 2 s), then back. A violation: the node leads
+/// after [`SKEWED_LEADER_BOUND`].
+async fn skew_clock(
+    sys: &mut System,
+    node: u64,
+    hold: Duration,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let file = sys.base().join(format!("faketime-{node}"));
+    std::fs::write(&file, "+1d\n")?;
+    let jumped = Instant::now();
+    while jumped.elapsed() < hold.max(SKEWED_LEADER_BOUND + Duration::from_secs(2)) {
+        if jumped.elapsed() > SKEWED_LEADER_BOUND
+            && let Some(s) = sys.cluster.status(node).await
+            && s.role == "Leader"
+        {
+            report.violations.push(format!(
+                "node {node} leads {:?} after its clock jumped a day ahead",
+                jumped.elapsed()
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::fs::write(&file, "+0\n")?;
+    Ok(())
 }
 
 /// Injects the plan's fault, holds it for its duration, and heals it.
@@ -873,6 +937,10 @@ async fn inject(sys: &mut System, plan: &Plan, report: &mut Report) -> anyhow::R
                 .node(lost)
                 .restart_with_args(&["--join", &member], &[]);
             wait_voter(sys, lost, true).await?;
+        }
+        Fault::ClockSkew(target) => {
+            let node = sys.resolve(*target).await?[0];
+            skew_clock(sys, node, hold, report).await?;
         }
         Fault::MembershipChange => {
             let added = sys.cluster.nodes.len() as u64 + 1;
@@ -1067,6 +1135,28 @@ async fn audit(nodes: &Nodes) -> anyhow::Result<HashSet<String>> {
         }
     }
     fleet_core::audit::verify_chain(&chain).map_err(|e| anyhow!("the audit chain: {e}"))?;
+    // Committed time never goes backwards, and never runs ahead of this machine's clock (the
+    // nodes share it; a node under libfaketime must not have stamped its own).
+    let limit = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64
+        + 1_000;
+    if let Some(w) = chain.windows(2).find(|w| w[1].time_ms < w[0].time_ms) {
+        bail!(
+            "committed time went backwards: event {} at {} ms, event {} at {} ms",
+            w[0].sequence,
+            w[0].time_ms,
+            w[1].sequence,
+            w[1].time_ms
+        );
+    }
+    if let Some(e) = chain.iter().find(|e| e.time_ms > limit) {
+        bail!(
+            "event {} carries a time {} ms ahead of the real time",
+            e.sequence,
+            e.time_ms - limit + 1_000
+        );
+    }
     Ok(chain.into_iter().map(|e| e.reason).collect())
 }
 

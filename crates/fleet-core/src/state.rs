@@ -63,6 +63,11 @@ pub struct State {
     /// [`MAX_ASSIGNMENT_CHANGES_KEPT`] per cluster: answers "what did it run at time T".
     #[serde(default)]
     assignment_log: BTreeMap<String, Vec<AssignmentChange>>,
+    /// The latest command time applied (`Context::now_ms`), status reports included: the floor
+    /// for the next time a leader stamps, so committed time never goes backwards when
+    /// leadership moves to a node whose clock is behind. 0 in snapshots from before it.
+    #[serde(default)]
+    last_time_ms: u64,
 }
 
 /// One change of a cluster's assignment, and the audit event of the command that made it.
@@ -118,6 +123,7 @@ impl Default for State {
             rejected: BTreeMap::new(),
             history: BTreeMap::new(),
             assignment_log: BTreeMap::new(),
+            last_time_ms: 0,
         }
     }
 }
@@ -281,8 +287,22 @@ impl State {
                 hint: "run the same fleet-node version on every coordinator".into(),
             });
         }
+        // Since format 2, committed time never goes backwards: an entry stamped earlier than
+        // one applied before it (two writes stamped in one order and appended in the other, or
+        // a new leader whose clock is a little behind) takes that entry's time.
+        let clamped;
+        let ctx = if event_format >= 2 && ctx.now_ms < self.last_time_ms {
+            clamped = Context {
+                now_ms: self.last_time_ms,
+                ..ctx.clone()
+            };
+            &clamped
+        } else {
+            ctx
+        };
         validate::command_in(command, &ctx.actor, &ctx.reason, event_format)?;
         self.check_against_state_in(command, ctx, event_format)?;
+        self.last_time_ms = self.last_time_ms.max(ctx.now_ms);
         let (outcome, summary) = match command {
             Command::AddSite { name } => {
                 self.sites.insert(
@@ -754,6 +774,12 @@ impl State {
 
     pub fn last_assignment_version(&self) -> u64 {
         self.last_assignment_version
+    }
+
+    /// The latest command time applied, in milliseconds since the Unix epoch (0 before any):
+    /// a leader stamps no earlier time.
+    pub fn last_time_ms(&self) -> u64 {
+        self.last_time_ms
     }
 
     /// The version of a cluster's whole assignment set: the newest version any change of it

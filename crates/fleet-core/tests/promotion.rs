@@ -1216,3 +1216,25 @@ fn a_freeze_on_the_first_environment_blocks_publishing_unless_overridden() {
         Some("cccccccccccccccccccccccccccccccccccccccc")
     );
 }
+
+#[test]
+fn committed_time_never_goes_backwards_from_format_2() {
+    let mut f = Fleet::new(&THREE_SITES);
+    let last = f.state.last_time_ms();
+    let site = |name: &str| fleet_core::StoredCommand::new(Command::AddSite { name: name.into() });
+    // Stamped a second earlier than the last entry (a new leader a little behind, or two
+    // writes appended in the other order than they were stamped).
+    let earlier = ctx(last - 1_000, "alice");
+    let mut by_format_1 = f.state.clone();
+    by_format_1
+        .apply_stored(&site("tromso"), &earlier, 1)
+        .unwrap();
+    assert_eq!(
+        by_format_1.audit_events().last().unwrap().time_ms,
+        last - 1_000
+    );
+    f.state.apply_stored(&site("tromso"), &earlier, 2).unwrap();
+    assert_eq!(f.state.audit_events().last().unwrap().time_ms, last);
+    assert_eq!(f.state.last_time_ms(), last);
+    f.state.verify_audit().unwrap();
+}

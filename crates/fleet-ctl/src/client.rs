@@ -230,10 +230,15 @@ impl Client {
                 actor: self.req.actor.clone(),
                 timeout: attempt,
             };
-            // The request carries the attempt's deadline too (grpc-timeout), so the node stops
-            // working on it when this side stops waiting.
-            let answer = tokio::time::timeout(attempt, call(make(channel), req)).await;
-            let timed_out = match answer {
+            // The request carries the attempt's deadline (grpc-timeout; a call may set a longer
+            // one, as `coordinator add` does for its catch-up), which tonic enforces on this side
+            // too and the node honours. A read is also cut off here, whatever the call set.
+            let sent_at = tokio::time::Instant::now();
+            let answer = match kind {
+                Kind::Read => tokio::time::timeout(attempt, call(make(channel), req)).await,
+                Kind::Write => Ok(call(make(channel), req).await),
+            };
+            match answer {
                 Ok(Ok(response)) => {
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(response.into_inner());
@@ -243,30 +248,26 @@ impl Client {
                     last_unavailable = Some(status);
                     continue;
                 }
+                // No answer in time: tonic's "Timeout expired", the node's deadline, or ours.
                 Ok(Err(status))
-                    if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled) =>
-                {
-                    true
-                }
+                    if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled) => {}
                 Ok(Err(status)) => return Err(CtlError::from_status(status)),
-                Err(_) => true,
-            };
-            if timed_out {
-                if kind == Kind::Write {
-                    return Err(CtlError::UnknownOutcome {
-                        endpoint: address.clone(),
-                        waited_ms: attempt.as_millis(),
-                    });
-                }
-                eprintln!(
-                    "warning: {address} did not answer within {} ms; trying the next endpoint",
-                    attempt.as_millis()
-                );
-                problems.push(format!(
-                    "{address}: no answer within {} ms",
-                    attempt.as_millis()
-                ));
+                Err(_elapsed) => {}
             }
+            if kind == Kind::Write {
+                return Err(CtlError::UnknownOutcome {
+                    endpoint: address.clone(),
+                    waited_ms: sent_at.elapsed().as_millis(),
+                });
+            }
+            eprintln!(
+                "warning: {address} did not answer within {} ms; trying the next endpoint",
+                attempt.as_millis()
+            );
+            problems.push(format!(
+                "{address}: no answer within {} ms",
+                attempt.as_millis()
+            ));
         }
         match last_unavailable {
             Some(status) => Err(CtlError::from_status(status)),

@@ -840,7 +840,7 @@ async fn coordinator_status(client: &Client, json: bool) -> anyhow::Result<()> {
         })
         .await?;
     let mut t = Table::new(&[
-        "ID", "ADDRESS", "VOTER", "ROLE", "TERM", "APPLIED", "LAST LOG", "SNAPSHOT",
+        "ID", "ADDRESS", "VOTER", "ROLE", "TERM", "APPLIED", "LAST LOG", "SNAPSHOT", "CLOCK",
     ]);
     let mut members = Vec::new();
     for m in &view.members {
@@ -856,6 +856,20 @@ async fn coordinator_status(client: &Client, json: bool) -> anyhow::Result<()> {
             None => ("unreachable".to_string(), None, None, None, None),
         };
         let num = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        // Its clock against the voters' median, as the node itself measured it.
+        let clock = match &own {
+            Some(s) if s.clocks_compared >= 3 => format!(
+                "{:+} ms{}",
+                s.clock_offset_ms,
+                if s.clock_skewed {
+                    format!(" SKEWED (over {} ms: does not lead)", s.max_clock_offset_ms)
+                } else {
+                    String::new()
+                }
+            ),
+            Some(s) => format!("- ({} clocks)", s.clocks_compared),
+            None => "-".to_string(),
+        };
         t.row(vec![
             m.id.to_string(),
             m.address.clone(),
@@ -865,10 +879,14 @@ async fn coordinator_status(client: &Client, json: bool) -> anyhow::Result<()> {
             num(applied),
             num(last_log),
             num(snapshot),
+            clock,
         ]);
         members.push(json!({
             "id": m.id, "address": m.address, "voter": m.voter, "role": role,
             "term": term, "applied_index": applied, "last_log_index": last_log, "snapshot_index": snapshot,
+            "clock_offset_ms": own.as_ref().filter(|s| s.clocks_compared >= 3).map(|s| s.clock_offset_ms),
+            "clock_skewed": own.as_ref().map(|s| s.clock_skewed),
+            "clocks_compared": own.as_ref().map(|s| s.clocks_compared),
         }));
     }
     if json {

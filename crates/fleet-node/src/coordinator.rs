@@ -100,6 +100,9 @@ pub struct CoordinatorConfig {
     pub guard: GuardConfig,
     /// Serve `RaftService.SetFailpoint` (tests and chaos runs only).
     pub allow_failpoint_rpc: bool,
+    /// A node whose clock is further than this from the voters' median does not lead or
+    /// stamp times (see [`crate::clock`]).
+    pub max_clock_offset_ms: u64,
 }
 
 impl CoordinatorConfig {
@@ -120,6 +123,7 @@ impl CoordinatorConfig {
             metrics_listen: None,
             guard: GuardConfig::default(),
             allow_failpoint_rpc: false,
+            max_clock_offset_ms: crate::clock::DEFAULT_MAX_CLOCK_OFFSET_MS,
         }
     }
 }
@@ -161,9 +165,57 @@ pub struct Coordinator {
     pub assignments_changed: tokio::sync::watch::Receiver<u64>,
     /// Agents' heartbeats that did not need a commit.
     pub heartbeats: crate::heartbeat::Heartbeats,
+    /// This node's clock against the voters' (see [`crate::clock`]).
+    pub clock: crate::clock::ClockCheck,
+    /// The last time this node stamped on a command; stamps never go back.
+    last_stamp_ms: std::sync::atomic::AtomicU64,
+    /// Why this node must not campaign: (its disk is stalled, its clock is skewed).
+    campaign_vetoes: std::sync::Mutex<(bool, bool)>,
 }
 
 impl Coordinator {
+    /// The time to stamp on a command now: this node's clock, but never earlier than the
+    /// latest committed time or the last time this node stamped, so committed time never
+    /// goes backwards (milliseconds since the Unix epoch).
+    pub fn stamp_ms(&self) -> u64 {
+        let floor = self.read_state(|s| s.last_time_ms());
+        let now = now_ms().max(floor);
+        let before = self
+            .last_stamp_ms
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        now.max(before)
+    }
+
+    /// The disk guard's verdict: a stalled disk vetoes campaigning.
+    pub(crate) fn set_disk_veto(&self, veto: bool) {
+        self.update_vetoes(|v| v.0 = veto);
+    }
+
+    /// The clock check's verdict: a skewed clock vetoes campaigning, and a skewed leader stops
+    /// sending heartbeats so that the other voters elect a new leader.
+    pub(crate) fn act_on_clock(&self, skewed: bool) {
+        self.update_vetoes(|v| v.1 = skewed);
+        self.raft.runtime_config().heartbeat(!skewed);
+    }
+
+    fn update_vetoes(&self, change: impl FnOnce(&mut (bool, bool))) {
+        let mut vetoes = self.campaign_vetoes.lock().expect("veto lock");
+        let before = *vetoes;
+        change(&mut vetoes);
+        let campaign = !(vetoes.0 || vetoes.1);
+        let could = !(before.0 || before.1);
+        if campaign != could {
+            self.raft.runtime_config().elect(campaign);
+            tracing::info!(
+                node = self.id,
+                campaign,
+                disk_stalled = vetoes.0,
+                clock_skewed = vetoes.1,
+                "election timer switched"
+            );
+        }
+    }
+
     /// Writes a command through Raft, from any node. Returns the log index and the outcome.
     pub async fn write(
         &self,
@@ -244,11 +296,15 @@ impl Coordinator {
         &self,
         write: &ForwardedWrite,
     ) -> Result<Result<(u64, Outcome), NodeError>, NotLeader> {
+        // A node whose clock disagrees with the voters' stamps nothing; it stops leading.
+        if !self.clock.may_stamp(now_ms()) {
+            return Err(NotLeader);
+        }
         let item = ProposalItem {
             command: fleet_core::StoredCommand::new(write.command.clone()),
             audit_format: fleet_core::audit::AUDIT_EVENT_FORMAT,
             context: Context {
-                now_ms: now_ms(),
+                now_ms: self.stamp_ms(),
                 actor: write.actor.clone(),
                 reason: write.reason.clone(),
             },
@@ -757,6 +813,9 @@ where
         allow_failpoint_rpc: config.allow_failpoint_rpc,
         assignments_changed,
         heartbeats: Default::default(),
+        clock: crate::clock::ClockCheck::new(config.max_clock_offset_ms),
+        last_stamp_ms: Default::default(),
+        campaign_vetoes: Default::default(),
     });
 
     if let Some(listen) = config.metrics_listen {
@@ -789,6 +848,10 @@ where
     spawn_named(
         "rollout-planner",
         crate::promotion::run_planner(coordinator.clone()),
+    );
+    spawn_named(
+        "clock-check",
+        crate::clock::run_clock_check(coordinator.clone()),
     );
 
     let listener = TcpListener::bind(config.listen)

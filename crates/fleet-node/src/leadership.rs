@@ -244,9 +244,8 @@ pub async fn run_guard(coordinator: Arc<Coordinator>, config: GuardConfig) {
         let campaign = !stalled
             || now.saturating_duration_since(last_leader_seen) >= config.leaderless_override;
         if campaign != may_campaign {
-            coordinator.raft.runtime_config().elect(campaign);
+            coordinator.set_disk_veto(!campaign);
             may_campaign = campaign;
-            tracing::info!(node = coordinator.id, campaign, "election timer switched");
         }
 
         if state != ServerState::Leader {
@@ -373,6 +372,45 @@ async fn hand_over(
     Ok(())
 }
 
+/// A leader whose clock is skewed (see [`crate::clock`]) asks the most up-to-date other voter
+/// to take over, as a hand-over for a stalled disk does, without holding writes back (a skewed
+/// leader stamps none) and without an audit event (it records disk figures). The voter
+/// refuses when its own clock is skewed or its disk stalled.
+pub(crate) async fn hand_over_for_clock(coordinator: &Coordinator) -> Result<(), String> {
+    let metrics = coordinator.raft.metrics().borrow().clone();
+    let replication = metrics.replication.clone().unwrap_or_default();
+    let membership = metrics.membership_config.membership();
+    let successor = membership
+        .voter_ids()
+        .filter(|id| *id != coordinator.id)
+        .filter_map(|id| {
+            let address = membership.get_node(&id)?.addr.clone();
+            let matched_index = replication
+                .get(&id)
+                .and_then(|l| l.as_ref())
+                .map_or(0, |l| l.index);
+            Some(Candidate {
+                id,
+                address,
+                matched_index,
+                stalled: false,
+                recent_p99_us: 0,
+                recent_count: 0,
+                flush_1m_p99_us: 0,
+            })
+        })
+        .max_by_key(|c| (c.matched_index, std::cmp::Reverse(c.id)))
+        .ok_or_else(|| "no other voter".to_string())?;
+    tracing::warn!(
+        node = coordinator.id,
+        successor = successor.id,
+        "clock skewed: handing leadership over"
+    );
+    hand_over_to(coordinator, &successor, &[], &GuardConfig::default())
+        .await
+        .map(|_| ())
+}
+
 /// Waits for the successor to catch up, asks it to take over, and waits for a new leader.
 /// Returns the new leader and its term.
 async fn hand_over_to(
@@ -441,11 +479,15 @@ async fn hand_over_to(
 }
 
 impl Coordinator {
-    /// A leader with a stalled disk asks this node to take over: refused when this node's own
-    /// disk is stalled or its log is shorter than the leader's; otherwise it campaigns at once.
+    /// A leader with a stalled disk or a skewed clock asks this node to take over: refused when
+    /// this node's own disk is stalled, its own clock skewed, or its log is shorter than the
+    /// leader's; otherwise it campaigns at once.
     pub async fn take_leadership(&self, request: HandoverRequest) -> HandoverReply {
         if self.health.report().stalled {
             return Err(format!("node {}'s own disk is stalled", self.id));
+        }
+        if self.clock.skewed() {
+            return Err(format!("node {}'s own clock is skewed", self.id));
         }
         let (state, last_index) = {
             let metrics = self.raft.metrics();

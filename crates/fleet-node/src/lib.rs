@@ -7,6 +7,7 @@ pub mod proto {
 }
 pub mod agent;
 pub mod batcher;
+pub mod clock;
 pub mod convert;
 pub mod coordinator;
 pub mod demo;

@@ -120,6 +120,11 @@ struct Tuning {
     /// A leader hands over only after leading this long.
     #[arg(long, default_value_t = 5_000)]
     handover_dwell_ms: u64,
+    /// A node whose clock is further than this from the median of the voters' clocks does not
+    /// lead or stamp times (judged once at least 3 clocks can be compared).
+    #[arg(long, default_value_t = fleet_node::clock::DEFAULT_MAX_CLOCK_OFFSET_MS,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    max_clock_offset_ms: u64,
     /// Serve RaftService.SetFailpoint, for tests and chaos runs. Never in production.
     #[arg(long, hide = true)]
     allow_failpoint_rpc: bool,
@@ -211,6 +216,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     config.guard.sustain_s = args.tuning.stall_sustain_s as usize;
     config.guard.dwell = std::time::Duration::from_millis(args.tuning.handover_dwell_ms);
     config.allow_failpoint_rpc = args.tuning.allow_failpoint_rpc;
+    config.max_clock_offset_ms = args.tuning.max_clock_offset_ms;
     coordinator::run(config, shutdown_signal(), |_| async { Ok(()) }).await?;
     Ok(())
 }

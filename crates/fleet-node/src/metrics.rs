@@ -52,3 +52,10 @@ pub fn publish_raft(term: u64, applied_index: u64, is_leader: bool) {
     gauge!("fleet_raft_applied_index").set(applied_index as f64);
     gauge!("fleet_raft_is_leader").set(if is_leader { 1.0 } else { 0.0 });
 }
+
+/// Publishes the clock check: `fleet_clock_offset_seconds` (this node's clock minus the voters'
+/// median) and `fleet_clock_skewed` (1 while this node does not lead or stamp for it).
+pub fn publish_clock(offset_ms: i64, skewed: bool) {
+    gauge!("fleet_clock_offset_seconds").set(offset_ms as f64 / 1e3);
+    gauge!("fleet_clock_skewed").set(if skewed { 1.0 } else { 0.0 });
+}

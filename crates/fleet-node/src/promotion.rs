@@ -34,10 +34,14 @@ pub async fn run_planner(c: Arc<Coordinator>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if c.leader().map(|(id, _)| id) != Some(c.id) {
+        // A skewed clock decides nothing: soaks and freezes would be judged by a wrong time.
+        if c.leader().map(|(id, _)| id) != Some(c.id) || !c.clock.may_stamp(now_ms()) {
             continue;
         }
-        let steps = c.read_state(|s| fleet_core::rollout::plan(s, now_ms()));
+        // Never earlier than a committed time: a report stamped by the previous leader is not
+        // "in the future" of this decision.
+        let now = c.stamp_ms();
+        let steps = c.read_state(|s| fleet_core::rollout::plan(s, now));
         for step in steps {
             let kind = format!("{step:?}");
             match c

@@ -355,6 +355,11 @@ impl FleetService for FleetApi {
             members,
             disk: convert::disk_health(&self.0.health.report()),
             cluster_id: self.0.cluster_id.clone(),
+            now_ms: now_ms(),
+            clock_offset_ms: self.0.clock.offset_ms(),
+            clock_skewed: self.0.clock.skewed(),
+            max_clock_offset_ms: self.0.clock.max_offset_ms(),
+            clocks_compared: self.0.clock.compared(),
         }))
     }
 
