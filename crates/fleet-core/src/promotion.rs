@@ -334,16 +334,7 @@ impl State {
                 if !override_freeze && let Some(f) = frozen(self.freezes(), environment, ctx.now_ms)
                 {
                     return Err(precondition(
-                        format!(
-                            "{environment} is frozen until {} (freeze {}{})",
-                            time(f.to_ms),
-                            f.id,
-                            if f.reason.is_empty() {
-                                String::new()
-                            } else {
-                                format!(": {}", f.reason)
-                            }
-                        ),
+                        f.refusal(environment),
                         "wait for the window to end, or pass --override-freeze (audited)",
                     ));
                 }

@@ -220,6 +220,23 @@ pub struct Freeze {
     pub created_by: String,
 }
 
+impl Freeze {
+    /// Why a command into `environment` is refused during this window: "ENV is frozen until
+    /// TIME (freeze ID: REASON)".
+    pub fn refusal(&self, environment: &str) -> String {
+        format!(
+            "{environment} is frozen until {} (freeze {}{})",
+            crate::promotion::time(self.to_ms),
+            self.id,
+            if self.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", self.reason)
+            }
+        )
+    }
+}
+
 /// One step of a rollout, decided by [`plan`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
@@ -425,11 +442,10 @@ impl std::fmt::Display for Hold {
                 until_ms,
                 reason,
             } => {
-                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(*until_ms);
                 write!(
                     f,
                     "freeze {id} until {}{}",
-                    humantime::format_rfc3339_seconds(at),
+                    crate::promotion::time(*until_ms),
                     if reason.is_empty() {
                         String::new()
                     } else {

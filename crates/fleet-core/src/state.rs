@@ -228,16 +228,7 @@ impl State {
                     && let Some(f) = crate::rollout::frozen(self.freezes(), first, ctx.now_ms)
                 {
                     return Err(CoreError::FailedPrecondition {
-                        message: format!(
-                            "{first} is frozen until {} (freeze {}{})",
-                            crate::promotion::time(f.to_ms),
-                            f.id,
-                            if f.reason.is_empty() {
-                                String::new()
-                            } else {
-                                format!(": {}", f.reason)
-                            }
-                        ),
+                        message: f.refusal(first),
                         hint: "wait for the window to end, or publish with --override-freeze (audited)"
                             .into(),
                     });

@@ -1110,9 +1110,17 @@ async fn audit(
             (kept, matching)
         }
         AuditPage::After(after) => {
+            // The first page says how many match; the rest follow it.
             let first = audit_page(client, consistency, &filter.kind, after, 0, false).await?;
-            let events = fetch_audit(client, consistency, &filter.kind, after, limit).await?;
-            (events.into_iter().take(limit).collect(), first.matching)
+            let mut events = first.events;
+            if let Some(last) = events.last().map(|e| e.sequence)
+                && events.len() < limit
+            {
+                let rest = limit - events.len();
+                events.extend(fetch_audit(client, consistency, &filter.kind, last, rest).await?);
+            }
+            events.truncate(limit);
+            (events, first.matching)
         }
         AuditPage::Before(before) => {
             fetch_audit_newest(client, consistency, &filter.kind, before, limit).await?
