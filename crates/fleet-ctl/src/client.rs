@@ -41,10 +41,16 @@ pub enum CtlError {
     },
     #[error("no coordinator answered at {endpoints}: {detail}")]
     Unreachable { endpoints: String, detail: String },
+    /// `why` is the node's own account ("…: the leader did not answer") or empty when the
+    /// node itself did not answer in time.
     #[error(
-        "the write was sent to {endpoint}, which did not answer within {waited_ms} ms: it may or may not have been applied"
+        "the write was sent to {endpoint}, which gave no outcome after {waited_ms} ms{why}: it may or may not have been applied"
     )]
-    UnknownOutcome { endpoint: String, waited_ms: u128 },
+    UnknownOutcome {
+        endpoint: String,
+        waited_ms: u128,
+        why: String,
+    },
 }
 
 impl CtlError {
@@ -234,6 +240,7 @@ impl Client {
             // one, as `coordinator add` does for its catch-up), which tonic enforces on this side
             // too and the node honours. A read is also cut off here, whatever the call set.
             let sent_at = tokio::time::Instant::now();
+            let mut why = String::new();
             let answer = match kind {
                 Kind::Read => tokio::time::timeout(attempt, call(make(channel), req)).await,
                 Kind::Write => Ok(call(make(channel), req).await),
@@ -250,14 +257,18 @@ impl Client {
                 }
                 // No answer in time: tonic's "Timeout expired", the node's deadline, or ours.
                 Ok(Err(status))
-                    if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled) => {}
+                    if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled) =>
+                {
+                    why = format!(" ({})", status.message());
+                }
                 Ok(Err(status)) => return Err(CtlError::from_status(status)),
-                Err(_elapsed) => {}
+                Err(_elapsed) => why.clear(),
             }
             if kind == Kind::Write {
                 return Err(CtlError::UnknownOutcome {
                     endpoint: address.clone(),
                     waited_ms: sent_at.elapsed().as_millis(),
+                    why,
                 });
             }
             eprintln!(

@@ -211,6 +211,7 @@ mod tests {
                 command: fleet_core::StoredCommand::new(command),
                 audit_format: fleet_core::audit::AUDIT_EVENT_FORMAT,
                 context: context.clone(),
+                write_id: Some(crate::types::new_write_id()),
             })
             .collect()
     }

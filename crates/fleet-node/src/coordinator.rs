@@ -6,7 +6,11 @@
 //! attempt, to the leader it knows over `RaftService.Propose`; the leader checks the command
 //! against its state, stamps the time, and hands it to the [`Batcher`], which packs concurrent
 //! commands into one log entry (group commit). While there is no leader the write
-//! waits up to [`LEADER_WAIT`] and is retried only when it surely was not delivered.
+//! waits up to [`LEADER_WAIT`]. Each write gets a write id where it enters; an attempt whose
+//! answer was lost (the leader died or lost its leadership mid-write) is retried with the same
+//! id, to whichever node leads next, and the state machine applies an id once
+//! (`store::StateMachineData::recent_writes`). Only when no attempt gets an answer within
+//! [`LEADER_WAIT`] is the outcome unknown to the caller.
 //!
 //! Reads: linearizable reads take a read index from the leader (`ensure_linearizable` on the
 //! leader itself, `RaftService.ReadIndex` from a follower) and wait until this node has applied
@@ -37,7 +41,7 @@ use crate::proto::{AddCoordinatorRequest, ReadIndexRequest, RemoveCoordinatorReq
 use crate::service::{self, MAX_REQUEST_BYTES};
 use crate::store::{self, LogStore, SharedState, StateMachineStore};
 use crate::tasks::spawn_named;
-use crate::types::{NodeId, ProposalItem, Raft};
+use crate::types::{NodeId, ProposalItem, Raft, WriteId, new_write_id};
 
 /// How long a request waits for a leader before it fails with UNAVAILABLE.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -134,6 +138,9 @@ pub struct ForwardedWrite {
     pub command: Command,
     pub actor: String,
     pub reason: String,
+    /// The same on every attempt of one write; absent from nodes that do not retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<WriteId>,
 }
 
 /// The leader's answer to a forwarded write: the log index and outcome, or the refusal.
@@ -231,12 +238,19 @@ impl Coordinator {
             command,
             actor,
             reason,
+            write_id: Some(new_write_id()),
         };
+        // Why the last attempt that may have been delivered got no answer.
+        let mut lost_answer: Option<String> = None;
         loop {
             match self.leader() {
                 Some((leader, _)) if leader == self.id => {
                     match self.write_as_leader(&forwarded).await {
                         Err(NotLeader) => {}
+                        Ok(Err(NodeError::OutcomeUnknown { detail })) => {
+                            tracing::debug!(%detail, "a write's outcome was lost; retrying it");
+                            lost_answer = Some(detail);
+                        }
                         Ok(reply) => return reply,
                     }
                 }
@@ -261,17 +275,21 @@ impl Coordinator {
                         Err(status) if status.code() == tonic::Code::Unavailable => {
                             tracing::debug!(%address, %status, "forwarding failed, retrying");
                         }
+                        // Perhaps delivered (a connection that broke mid-call, a leader that
+                        // lost its leadership mid-write): the same write id again is safe.
                         Err(status) => {
-                            return Err(NodeError::OutcomeUnknown {
-                                detail: status.message().to_string(),
-                            });
+                            tracing::debug!(%address, %status, "a forwarded write's answer was lost; retrying it");
+                            lost_answer = Some(format!("{address}: {}", status.message()));
                         }
                     }
                 }
                 None => {}
             }
             if started.elapsed() > LEADER_WAIT {
-                return Err(no_leader(started));
+                return Err(match lost_answer {
+                    Some(detail) => NodeError::OutcomeUnknown { detail },
+                    None => no_leader(started),
+                });
             }
             tokio::time::sleep(LEADER_POLL).await;
         }
@@ -300,6 +318,11 @@ impl Coordinator {
         if !self.clock.may_stamp(now_ms()) {
             return Err(NotLeader);
         }
+        // A retry of a write that was applied gets the first answer, before any check: the
+        // state it would be checked against already contains it.
+        if let Some(earlier) = self.applied_write(write) {
+            return Ok(earlier);
+        }
         let item = ProposalItem {
             command: fleet_core::StoredCommand::new(write.command.clone()),
             audit_format: fleet_core::audit::AUDIT_EVENT_FORMAT,
@@ -308,6 +331,7 @@ impl Coordinator {
                 actor: write.actor.clone(),
                 reason: write.reason.clone(),
             },
+            write_id: write.write_id.clone(),
         };
         // Refuse bad input before it reaches the log; apply checks again, deterministically.
         // Callers have run the state-free checks (`validate::command`); those against the state
@@ -323,6 +347,9 @@ impl Coordinator {
                 tracing::debug!(error = %e, "could not confirm leadership for a refusal");
                 return Err(NotLeader);
             }
+            if let Some(earlier) = self.applied_write(write) {
+                return Ok(earlier);
+            }
             if let Err(e) = self.read_state(|s| s.check_against_state(&item.command, &item.context))
             {
                 return Ok(Err(e.into()));
@@ -335,6 +362,21 @@ impl Coordinator {
             // The entry may have been appended: never report this as safe to retry.
             Err(BatchError::Raft(detail)) => Ok(Err(NodeError::OutcomeUnknown { detail })),
         }
+    }
+
+    /// What `write` gave, when this node has applied it before (a retry whose first attempt
+    /// was applied): the index of the entry that applied it and its result.
+    fn applied_write(&self, write: &ForwardedWrite) -> Option<Result<(u64, Outcome), NodeError>> {
+        let id = write.write_id.as_deref()?;
+        let data = self.state.read().expect("state lock poisoned");
+        let earlier = data.recent_writes.get(id)?;
+        Some(
+            earlier
+                .result
+                .clone()
+                .map(|outcome| (earlier.index, outcome))
+                .map_err(NodeError::from),
+        )
     }
 
     /// Waits until a read at `consistency` may be served from this node's state.

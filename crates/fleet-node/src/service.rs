@@ -757,6 +757,14 @@ impl RaftService for RaftApi {
                     Err(NodeError::Core(refusal)) => Err(refusal),
                     Err(other) => return Err(other.into()),
                 };
+                // The answer lost on its way back, after the write was applied: what a
+                // connection that breaks mid-call looks like to the forwarding node.
+                fail::fail_point!("propose-answer-lost", |_| {
+                    Err(NodeError::OutcomeUnknown {
+                        detail: "failpoint propose-answer-lost".into(),
+                    }
+                    .into())
+                });
                 Ok(encode(&reply))
             }
             Err(_) => Err(Status::unavailable("not the leader; nothing was proposed")),
@@ -816,13 +824,14 @@ impl RaftService for RaftApi {
 }
 
 /// The failpoints a node has.
-pub const FAILPOINTS: [&str; 6] = [
+pub const FAILPOINTS: [&str; 7] = [
     "log-flush",
     "vote-flush",
     "disk-probe",
     "disk-probe-burst",
     "audit-tamper",
     "stale-linearizable-read",
+    "propose-answer-lost",
 ];
 /// Longest failpoint action string.
 pub const MAX_FAILPOINT_ACTIONS_BYTES: usize = 256;

@@ -35,6 +35,12 @@
 //!   and a test that reads data written by the previous format (the format-0 data dir in
 //!   `tests/fixtures/` is read by `tests/on_disk_format.rs`).
 //!
+//! A command that carries a write id (`ProposalItem.write_id`, written from format 2 on) is
+//! applied once: the state machine remembers the last `types::RECENT_WRITES` ids with their
+//! results (`StateMachineData.recent_writes`, in snapshots too) and answers a repeated id with
+//! the first result, changing nothing. This is what lets a node retry a forwarded write whose
+//! answer was lost.
+//!
 //! The state machine itself lives in memory. At start-up it is loaded from the snapshot and
 //! openraft re-applies the log after it; the log is purged only up to a persisted snapshot.
 //!
@@ -50,7 +56,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use fleet_core::{Outcome, State};
+use fleet_core::{CoreError, Outcome, State};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, Vote,
@@ -60,7 +66,10 @@ use tokio::sync::mpsc;
 
 use crate::health::DiskHealth;
 use crate::tasks::spawn_named;
-use crate::types::{ApplyResult, LogId, NodeId, StorageError, StoredMembership, TypeConfig};
+use crate::types::{
+    AppliedWrite, ApplyResult, LogId, NodeId, ProposalItem, RecentWrites, StorageError,
+    StoredMembership, TypeConfig,
+};
 
 /// Exit code of a node stopped by a storage error (EX_IOERR).
 pub const EXIT_STORAGE_FAILURE: i32 = 74;
@@ -364,6 +373,37 @@ pub struct StateMachineData {
     pub last_applied: Option<LogId>,
     pub last_membership: StoredMembership,
     pub state: State,
+    /// Writes applied lately, by write id: what makes a retried write apply once.
+    #[serde(default)]
+    pub recent_writes: RecentWrites,
+}
+
+/// Applies one command of an entry at `index`, once: a command whose write id was applied
+/// before (a retry of a write whose first answer was lost) changes nothing and gives what the
+/// first one gave.
+fn apply_item(
+    data: &mut StateMachineData,
+    item: &ProposalItem,
+    index: u64,
+) -> Result<Outcome, CoreError> {
+    if let Some(id) = &item.write_id
+        && let Some(earlier) = data.recent_writes.get(id)
+    {
+        return earlier.result.clone();
+    }
+    let result = data
+        .state
+        .apply_stored(&item.command, &item.context, item.audit_format);
+    if let Some(id) = &item.write_id {
+        data.recent_writes.remember(
+            id.clone(),
+            AppliedWrite {
+                index,
+                result: result.clone(),
+            },
+        );
+    }
+    result
 }
 
 /// A read handle on the applied state, shared with the gRPC services.
@@ -475,10 +515,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Normal(proposal) => proposal
                     .items
                     .iter()
-                    .map(|item| {
-                        data.state
-                            .apply_stored(&item.command, &item.context, item.audit_format)
-                    })
+                    .map(|item| apply_item(&mut data, item, entry.log_id.index))
                     .collect(),
                 EntryPayload::Membership(membership) => {
                     data.last_membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -575,4 +612,84 @@ fn tamper_with_audit_event(state: &mut fleet_core::State, sequence: &str) {
     text.insert_str(summary_at, "(altered) ");
     *state = serde_json::from_str(&text).expect("the altered state deserializes");
     tracing::error!(sequence, "TEST HOOK: audit event altered in memory");
+}
+
+#[cfg(test)]
+mod tests {
+    use fleet_core::{Command, Context, StoredCommand};
+
+    use super::*;
+    use crate::types::RECENT_WRITES;
+
+    fn item(name: &str, write_id: Option<&str>) -> ProposalItem {
+        ProposalItem {
+            command: StoredCommand::new(Command::AddSite { name: name.into() }),
+            context: Context {
+                now_ms: 1_700_000_000_000,
+                actor: "test".into(),
+                reason: String::new(),
+            },
+            audit_format: fleet_core::audit::AUDIT_EVENT_FORMAT,
+            write_id: write_id.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_repeated_write_id_changes_nothing_and_gives_the_first_result() {
+        let mut data = StateMachineData::default();
+        let first = apply_item(&mut data, &item("oslo", Some("a")), 7);
+        assert_eq!(
+            first,
+            Ok(Outcome::SiteAdded {
+                name: "oslo".into()
+            })
+        );
+        let before = serde_json::to_string(&data.state).unwrap();
+        let again = apply_item(&mut data, &item("oslo", Some("a")), 9);
+        assert_eq!(again, first);
+        assert_eq!(serde_json::to_string(&data.state).unwrap(), before);
+        assert_eq!(data.recent_writes.get("a").unwrap().index, 7);
+        // The same command under another id, or none, is a new write: refused.
+        assert!(matches!(
+            apply_item(&mut data, &item("oslo", Some("b")), 10),
+            Err(CoreError::AlreadyExists { .. })
+        ));
+        assert!(apply_item(&mut data, &item("oslo", None), 11).is_err());
+        // A refusal is remembered too, so its retry is refused alike.
+        assert_eq!(
+            apply_item(&mut data, &item("oslo", Some("b")), 12),
+            data.recent_writes.get("b").unwrap().result
+        );
+    }
+
+    #[test]
+    fn recent_writes_forget_the_oldest_beyond_their_bound_and_survive_a_snapshot() {
+        let mut data = StateMachineData::default();
+        for i in 0..RECENT_WRITES + 10 {
+            let id = format!("id{i}");
+            let _ = apply_item(&mut data, &item(&format!("s{i}"), Some(&id)), i as u64);
+        }
+        assert_eq!(data.recent_writes.len(), RECENT_WRITES);
+        assert!(data.recent_writes.get("id9").is_none());
+        assert!(data.recent_writes.get("id10").is_some());
+        let bytes = encode_versioned(&data);
+        let read: StateMachineData = decode_versioned(&bytes).unwrap();
+        assert_eq!(read.recent_writes, data.recent_writes);
+    }
+
+    #[test]
+    fn snapshot_data_written_before_write_ids_reads_with_none_remembered() {
+        let mut data = StateMachineData::default();
+        let _ = apply_item(&mut data, &item("oslo", Some("a")), 1);
+        let mut old = serde_json::to_value(&data).unwrap();
+        old.as_object_mut()
+            .unwrap()
+            .remove("recent_writes")
+            .unwrap();
+        let mut versioned = vec![1u8];
+        versioned.extend_from_slice(&serde_json::to_vec(&old).unwrap());
+        let read: StateMachineData = decode_versioned(&versioned).unwrap();
+        assert!(read.recent_writes.is_empty());
+        assert_eq!(read.state.sites().count(), 1);
+    }
 }

@@ -40,6 +40,72 @@ pub struct ProposalItem {
     /// formats were numbered.
     #[serde(default)]
     pub audit_format: u32,
+    /// The write's id, chosen by the node that first received it and kept through every
+    /// forwarding retry, so that a write proposed twice (once by a leader that died before it
+    /// answered, once by the next) is applied once: see [`RecentWrites`]. Absent in entries
+    /// written before format 2, and in writes that are never retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<WriteId>,
+}
+
+/// A write's id: 32 lowercase hex digits (128 random bits), e.g.
+/// `"3f2a…"`. Unique with overwhelming probability; only compared, never parsed.
+pub type WriteId = String;
+
+/// How many applied writes [`RecentWrites`] remembers. A retry comes within
+/// `coordinator::LEADER_WAIT` (5 s) of the first attempt, so this covers about 800 writes a
+/// second; a retry of a write already forgotten is applied again (and usually refused, e.g.
+/// "already exists").
+pub const RECENT_WRITES: usize = 4096;
+
+/// The last [`RECENT_WRITES`] applied writes that carried a [`WriteId`], with what applying
+/// them gave: how a retried write finds that it was already applied (client sessions, Raft
+/// dissertation §6.3). Part of the replicated state machine and its snapshots, so every node
+/// answers a retry alike.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentWrites {
+    /// Oldest first.
+    order: std::collections::VecDeque<WriteId>,
+    applied: std::collections::BTreeMap<WriteId, AppliedWrite>,
+}
+
+/// What one remembered write gave, and the index of the entry that applied it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedWrite {
+    pub index: u64,
+    pub result: Result<Outcome, CoreError>,
+}
+
+impl RecentWrites {
+    /// What the write `id` gave, if it was applied and is still remembered.
+    pub fn get(&self, id: &str) -> Option<&AppliedWrite> {
+        self.applied.get(id)
+    }
+
+    /// Remembers that `id` was applied, forgetting the oldest beyond [`RECENT_WRITES`].
+    pub fn remember(&mut self, id: WriteId, applied: AppliedWrite) {
+        if self.applied.insert(id.clone(), applied).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > RECENT_WRITES {
+            if let Some(oldest) = self.order.pop_front() {
+                self.applied.remove(&oldest);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+/// A new [`WriteId`].
+pub fn new_write_id() -> WriteId {
+    format!("{:032x}", fastrand::u128(..))
 }
 
 /// What applying one entry gave: one result per item of its [`Proposal`]; empty for blank

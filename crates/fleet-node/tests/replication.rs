@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{add_site, assert_has_all, client, cluster_names, register};
-use fleet_node::proto::ReadConsistency;
-use fleet_node::testing::ProcessCluster;
+use fleet_node::proto::{ListAuditEventsRequest, ReadConsistency};
+use fleet_node::testing::{ProcessCluster, set_failpoint};
 
 /// Writes `names` through `address`, returning the names acknowledged and the highest index.
 async fn write_all(address: &str, names: &[String]) -> (BTreeSet<String>, u64) {
@@ -172,4 +172,61 @@ async fn a_write_through_one_node_is_visible_to_an_immediate_linearizable_read_o
             ids[reader]
         );
     }
+}
+
+/// The `add_site` events for `name` in the audit log, read through `address`.
+async fn add_site_events(address: &str, name: &str) -> usize {
+    let events = client(address)
+        .await
+        .list_audit_events(ListAuditEventsRequest {
+            kind: "add_site".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("audit log")
+        .into_inner()
+        .events;
+    events
+        .iter()
+        .filter(|e| e.command_json.contains(&format!("\"{name}\"")))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_whose_answer_is_lost_is_retried_and_applied_once() {
+    let cluster = ProcessCluster::start(3, &["--allow-failpoint-rpc"]).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let follower = cluster.address(cluster.others(leader)[0]);
+
+    // Every answer of the leader is lost: the follower retries the same write until its
+    // deadline, then says the outcome is unknown. The write was applied, and only once.
+    set_failpoint(&cluster.address(leader), "propose-answer-lost", "return")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let lost = add_site(&mut client(&follower).await, "bergen")
+        .await
+        .expect_err("no answer reached the follower");
+    assert_eq!(lost.code(), tonic::Code::DeadlineExceeded, "{lost:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "the follower gave up after {:?}, before its deadline",
+        started.elapsed()
+    );
+    assert_eq!(add_site_events(&follower, "bergen").await, 1);
+
+    // The first answer is lost, the retry is answered with what the first attempt did.
+    set_failpoint(&cluster.address(leader), "propose-answer-lost", "1*return")
+        .await
+        .unwrap();
+    let index = add_site(&mut client(&follower).await, "stavanger")
+        .await
+        .expect("the retry is answered, not refused as already existing");
+    assert!(index > 0);
+    assert_eq!(add_site_events(&follower, "stavanger").await, 1);
+    // A new write of the same site is a new write, and is refused.
+    let again = add_site(&mut client(&follower).await, "stavanger")
+        .await
+        .expect_err("the site exists");
+    assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again:?}");
 }
