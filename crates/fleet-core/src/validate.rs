@@ -100,7 +100,15 @@ pub fn command_in(
         }
         Command::SetPipeline { workload, pipeline } => {
             dns_label("workload", workload)?;
-            self::pipeline(pipeline)
+            self::pipeline(pipeline)?;
+            // From format 2 every wave name is bounded whichever the mode: a site name or a
+            // label value, both at most 63 characters.
+            if format >= 2 {
+                for wave in &pipeline.wave_order {
+                    wave_name(wave)?;
+                }
+            }
+            Ok(())
         }
         Command::SetRequiredApprovals {
             environment,
@@ -294,6 +302,28 @@ pub fn dns_label(field: &str, value: &str) -> Result<(), CoreError> {
         ));
     }
     Ok(())
+}
+
+/// A name in a pipeline's `wave_order`: a site name, or a value of the wave label; either way
+/// at most [`MAX_LABEL_VALUE_LEN`] letters, digits, '-', '_' and '.'.
+pub fn wave_name(wave: &str) -> Result<(), CoreError> {
+    let ok = !wave.is_empty()
+        && wave.len() <= MAX_LABEL_VALUE_LEN
+        && wave
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        return Ok(());
+    }
+    let shown: String = wave.chars().take(MAX_LABEL_VALUE_LEN).collect();
+    Err(CoreError::invalid(
+        "wave_order",
+        format!(
+            "{shown:?}{} is not a site name or label value",
+            if shown.len() < wave.len() { "…" } else { "" }
+        ),
+        "list sites (or values of the wave label): up to 63 letters, digits, '-', '_' and '.'",
+    ))
 }
 
 /// Cluster labels: at most [`MAX_LABELS_PER_CLUSTER`], keys and values as in Kubernetes

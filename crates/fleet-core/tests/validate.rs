@@ -246,3 +246,35 @@ fn well_formed_commands_pass_validation_and_are_then_judged_by_the_state() {
         );
     }
 }
+
+#[test]
+fn every_wave_name_is_bounded_in_both_wave_modes_from_format_2() {
+    let long = "w".repeat(64);
+    for label in [None, Some("rack".to_string())] {
+        for bad in [long.as_str(), "a b", ""] {
+            let command = pipeline(|p| {
+                p.wave_label = label.clone();
+                p.wave_order = vec!["oslo".into(), bad.into()];
+            });
+            let refusal = validate::command(&command, "test", "")
+                .expect_err("an unbounded wave name is refused");
+            assert_eq!(
+                field(&refusal),
+                "wave_order",
+                "{label:?} {bad:?}: {refusal}"
+            );
+            // A format-1 entry that carried one replays as it was acknowledged.
+            if label.is_some() {
+                assert!(
+                    validate::command_in(&command, "test", "", 1).is_ok(),
+                    "{bad:?}"
+                );
+            }
+        }
+        let fine = pipeline(|p| {
+            p.wave_label = label.clone();
+            p.wave_order = vec!["oslo".into(), "w".repeat(63)];
+        });
+        assert!(validate::command(&fine, "test", "").is_ok(), "{label:?}");
+    }
+}
