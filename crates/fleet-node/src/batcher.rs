@@ -18,10 +18,11 @@ use crate::types::{Proposal, ProposalItem, Raft};
 
 /// Most commands in one log entry.
 pub const MAX_COMMANDS_PER_ENTRY: usize = 256;
-/// Most bytes (JSON) of one log entry. Not counted at run time: fleet-core's limits bound a
-/// command's size, and a test here checks that [`MAX_COMMANDS_PER_ENTRY`] of the largest valid
-/// commands fit. With openraft's `max_payload_entries` set to [`MAX_ENTRIES_PER_APPEND`], one
-/// AppendEntries message stays under the Raft transport's 64 MiB limit.
+/// Most bytes (JSON) of one log entry, counted as commands are packed: an entry closes before
+/// the command that would take it over, and a single command over it is refused
+/// (INVALID_ARGUMENT) before it is proposed. With openraft's `max_payload_entries` set to
+/// [`MAX_ENTRIES_PER_APPEND`], one AppendEntries message (16 × 2 MiB, plus framing) stays under
+/// the Raft transport's 64 MiB limit.
 pub const MAX_ENTRY_BYTES: usize = 2 * 1024 * 1024;
 /// Most log entries sent in one AppendEntries call.
 pub const MAX_ENTRIES_PER_APPEND: u64 = 16;
@@ -45,6 +46,8 @@ type Reply = oneshot::Sender<Result<(u64, Outcome), BatchError>>;
 
 struct Queued {
     item: ProposalItem,
+    /// The item's JSON size, as it will be in the entry.
+    bytes: usize,
     reply: Reply,
 }
 
@@ -94,9 +97,20 @@ impl Batcher {
     /// Dropping the future does not withdraw the command: once queued it is proposed, and its
     /// result is discarded.
     pub async fn write(&self, item: ProposalItem) -> Result<(u64, Outcome), BatchError> {
+        let bytes = item_bytes(&item);
+        if bytes > MAX_ENTRY_BYTES {
+            return Err(BatchError::Refused(CoreError::InvalidArgument {
+                field: "command".into(),
+                message: format!(
+                    "the command is {bytes} bytes as stored, over the limit of {MAX_ENTRY_BYTES} \
+                     bytes per log entry"
+                ),
+                hint: "send less in one request (fewer objects or reports, shorter texts)".into(),
+            }));
+        }
         let (reply, result) = oneshot::channel();
         self.queue
-            .send(Queued { item, reply })
+            .send(Queued { item, bytes, reply })
             .await
             .map_err(|_| BatchError::Raft("the write batcher has stopped".into()))?;
         result
@@ -113,9 +127,15 @@ async fn run(
     mut held: watch::Receiver<bool>,
     in_flight: Arc<Semaphore>,
 ) {
+    // A command that did not fit the last entry; it opens the next one.
+    let mut carried: Option<Queued> = None;
     loop {
-        let Some(first) = pending.recv().await else {
-            return;
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match pending.recv().await {
+                Some(first) => first,
+                None => return,
+            },
         };
         // A permit is taken only while no hold is on, and a hold that begins after the check
         // waits for this permit (see `Batcher::hold`): no entry slips past a hold.
@@ -132,13 +152,7 @@ async fn run(
                 break permit;
             }
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_COMMANDS_PER_ENTRY {
-            match pending.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+        let batch = pack(first, &mut pending, &mut carried);
         let raft = raft.clone();
         spawn_named("write-entry", async move {
             let (items, replies): (Vec<_>, Vec<_>) =
@@ -170,6 +184,42 @@ async fn run(
         });
     }
 }
+
+/// The JSON size of `item` in an entry.
+fn item_bytes(item: &ProposalItem) -> usize {
+    serde_json::to_vec(item)
+        .expect("proposal items serialize")
+        .len()
+}
+
+/// One entry's commands: `first`, then what waits in `pending`, up to
+/// [`MAX_COMMANDS_PER_ENTRY`] commands and [`MAX_ENTRY_BYTES`] bytes (counted as the items'
+/// JSON plus a separator each). A command that would take the entry over the bytes is left in
+/// `carried` for the next entry. Takes only what is already queued; never waits.
+fn pack(
+    first: Queued,
+    pending: &mut mpsc::Receiver<Queued>,
+    carried: &mut Option<Queued>,
+) -> Vec<Queued> {
+    // `{"items":[` and `]}`.
+    let mut bytes = ENTRY_FRAMING_BYTES + first.bytes;
+    let mut batch = vec![first];
+    while batch.len() < MAX_COMMANDS_PER_ENTRY {
+        let Ok(next) = pending.try_recv() else {
+            break;
+        };
+        if bytes + 1 + next.bytes > MAX_ENTRY_BYTES {
+            *carried = Some(next);
+            break;
+        }
+        bytes += 1 + next.bytes;
+        batch.push(next);
+    }
+    batch
+}
+
+/// The bytes of an entry's JSON around its items: `{"items":[` and `]}`.
+const ENTRY_FRAMING_BYTES: usize = 12;
 
 #[cfg(test)]
 mod tests {
@@ -238,5 +288,76 @@ mod tests {
                 "{MAX_COMMANDS_PER_ENTRY} commands of {bytes} bytes exceed {MAX_ENTRY_BYTES}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod packing {
+    use fleet_core::{Command, Context, StoredCommand};
+
+    use super::*;
+
+    fn queued(reason_bytes: usize) -> Queued {
+        let item = ProposalItem {
+            command: StoredCommand::new(Command::AddSite {
+                name: "oslo".into(),
+            }),
+            context: Context {
+                now_ms: 1,
+                actor: "a".into(),
+                reason: "r".repeat(reason_bytes),
+            },
+            audit_format: fleet_core::audit::AUDIT_EVENT_FORMAT,
+            write_id: None,
+        };
+        Queued {
+            bytes: item_bytes(&item),
+            item,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn entry_bytes(batch: &[Queued]) -> usize {
+        let items: Vec<ProposalItem> = batch.iter().map(|q| q.item.clone()).collect();
+        serde_json::to_vec(&Proposal { items }).unwrap().len()
+    }
+
+    #[test]
+    fn an_entry_closes_before_the_command_that_would_take_it_over_its_bytes() {
+        let (queue, mut pending) = mpsc::channel(64);
+        for _ in 0..10 {
+            queue.try_send(queued(300 * 1024)).ok().unwrap();
+        }
+        let mut carried = None;
+        let mut entries = Vec::new();
+        let mut next = Some(queued(300 * 1024));
+        while let Some(first) = next {
+            let batch = pack(first, &mut pending, &mut carried);
+            entries.push(entry_bytes(&batch));
+            next = carried.take().or_else(|| pending.try_recv().ok());
+        }
+        assert_eq!(
+            entries.len(),
+            2,
+            "11 commands of 300 KiB make two entries: {entries:?}"
+        );
+        for bytes in &entries {
+            assert!(*bytes <= MAX_ENTRY_BYTES, "{bytes} bytes in one entry");
+        }
+        // The count is exact: a full entry is within a command of the limit.
+        assert!(entries[0] + 300 * 1024 > MAX_ENTRY_BYTES, "{entries:?}");
+    }
+
+    #[test]
+    fn small_commands_pack_up_to_the_command_limit() {
+        let (queue, mut pending) = mpsc::channel(1024);
+        for _ in 0..MAX_COMMANDS_PER_ENTRY + 5 {
+            queue.try_send(queued(10)).ok().unwrap();
+        }
+        let mut carried = None;
+        let batch = pack(queued(10), &mut pending, &mut carried);
+        assert_eq!(batch.len(), MAX_COMMANDS_PER_ENTRY);
+        assert!(carried.is_none());
+        assert!(entry_bytes(&batch) <= MAX_ENTRY_BYTES);
     }
 }

@@ -199,9 +199,16 @@ impl LogStore {
         })
     }
 
-    fn flush(&self, what: &str, point: &str) {
-        if let Err(e) = flush_blocking(&self.db, point) {
-            fail_stop(what, &e);
+    /// Flushes on a blocking thread (an fsync may take seconds on a sick disk; the runtime's
+    /// workers must not wait on it) and returns once it is done.
+    async fn flush(&self, what: &'static str, point: &'static str) {
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || flush_blocking(&db, point)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => fail_stop(what, &e),
+            // A panic on the blocking thread is the caller's panic, as if it had run here.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => fail_stop(what, &e),
         }
     }
 
@@ -295,7 +302,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Err(e) = self.meta.insert("vote", encode(vote)) {
             fail_stop("write vote", &e);
         }
-        self.flush("flush vote", "vote-flush");
+        self.flush("flush vote", "vote-flush").await;
         Ok(())
     }
 
@@ -346,7 +353,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Err(e) = self.log.apply_batch(batch) {
             fail_stop("truncate log", &e);
         }
-        self.flush("flush truncate", "log-flush");
+        self.flush("flush truncate", "log-flush").await;
         Ok(())
     }
 
@@ -362,7 +369,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Err(e) = self.log.apply_batch(batch) {
             fail_stop("purge log", &e);
         }
-        self.flush("flush purge", "log-flush");
+        self.flush("flush purge", "log-flush").await;
         Ok(())
     }
 }
@@ -450,15 +457,26 @@ impl StateMachineStore {
             .send_modify(|generation| *generation += 1);
     }
 
-    fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, data: &[u8]) {
+    /// Writes and flushes the snapshot on a blocking thread (it may be megabytes, and the
+    /// flush an fsync), returning once it is durable.
+    async fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, data: Vec<u8>) {
         let mut batch = sled::Batch::default();
         batch.insert("meta", encode(meta));
         batch.insert("data", data);
-        if let Err(e) = self.snapshot.apply_batch(batch) {
-            fail_stop("write snapshot", &e);
-        }
-        if let Err(e) = flush_blocking(&self.db, "log-flush") {
-            fail_stop("flush snapshot", &e);
+        let (tree, db) = (self.snapshot.clone(), self.db.clone());
+        let saved = tokio::task::spawn_blocking(move || {
+            if let Err(e) = tree.apply_batch(batch) {
+                fail_stop("write snapshot", &e);
+            }
+            if let Err(e) = flush_blocking(&db, "log-flush") {
+                fail_stop("flush snapshot", &e);
+            }
+        })
+        .await;
+        match saved {
+            Ok(()) => {}
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => fail_stop("save snapshot", &e),
         }
     }
 }
@@ -482,7 +500,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             last_membership,
             snapshot_id,
         };
-        self.save_snapshot(&meta, &bytes);
+        self.save_snapshot(&meta, bytes.clone()).await;
         tracing::info!(snapshot_id = %meta.snapshot_id, bytes = bytes.len(), "snapshot built");
         Ok(Snapshot {
             meta,
@@ -561,7 +579,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })?;
         received.last_applied = meta.last_log_id;
         received.last_membership = meta.last_membership.clone();
-        self.save_snapshot(meta, &bytes);
+        self.save_snapshot(meta, bytes).await;
         *self.data.write().expect("state lock poisoned") = received;
         self.notify_assignments();
         tracing::info!(snapshot_id = %meta.snapshot_id, "snapshot installed");
