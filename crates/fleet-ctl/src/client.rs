@@ -5,11 +5,11 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fleet_node::convert::{ACTOR_BIN_METADATA, ACTOR_METADATA, HINT_METADATA};
-use fleet_node::proto::GetCoordinatorStatusRequest;
-use fleet_node::proto::GetCoordinatorStatusResponse;
-use fleet_node::proto::fleet_service_client::FleetServiceClient;
-use fleet_node::proto::promotion_service_client::PromotionServiceClient;
+use fleet_api::convert::{ACTOR_BIN_METADATA, ACTOR_METADATA};
+use fleet_api::proto::GetCoordinatorStatusRequest;
+use fleet_api::proto::GetCoordinatorStatusResponse;
+use fleet_api::proto::fleet_service_client::FleetServiceClient;
+use fleet_api::proto::promotion_service_client::PromotionServiceClient;
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
@@ -55,11 +55,7 @@ pub enum CtlError {
 
 impl CtlError {
     fn from_status(status: Status) -> Self {
-        let hint = status
-            .metadata()
-            .get(HINT_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let hint = fleet_api::status::hint(&status).map(str::to_string);
         CtlError::Status {
             code: status.code(),
             message: status.message().to_string(),
@@ -124,12 +120,12 @@ impl Req {
 
 fn fleet_client(channel: Channel) -> FleetServiceClient<Channel> {
     FleetServiceClient::new(channel)
-        .max_decoding_message_size(fleet_node::service::MAX_RESPONSE_BYTES)
+        .max_decoding_message_size(fleet_api::limits::MAX_RESPONSE_BYTES)
 }
 
 fn promotion_client(channel: Channel) -> PromotionServiceClient<Channel> {
     PromotionServiceClient::new(channel)
-        .max_decoding_message_size(fleet_node::service::MAX_RESPONSE_BYTES)
+        .max_decoding_message_size(fleet_api::limits::MAX_RESPONSE_BYTES)
 }
 
 pub struct Client {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fleet_node::proto::*;
+use fleet_api::proto::*;
 use serde_json::json;
 
 use crate::client::{Client, CtlError, Req};
@@ -35,6 +35,7 @@ struct Cli {
         env = "FLEET_ENDPOINTS",
         value_delimiter = ',',
         default_value = "127.0.0.1:7400",
+        value_parser = fleet_api::address::host_port,
         global = true
     )]
     endpoints: Vec<String>,
@@ -150,7 +151,7 @@ enum Cmd {
         #[arg(long, default_value = "22MiB", value_parser = parse_size)]
         size: u64,
         /// Bytes per write.
-        #[arg(long, default_value_t = fleet_node::disk::ETCD_BLOCK_SIZE)]
+        #[arg(long, default_value_t = fleet_disk::ETCD_BLOCK_SIZE)]
         block_size: usize,
     },
 }
@@ -978,7 +979,7 @@ async fn audit_page(
     after_sequence: u64,
     before_sequence: u64,
     newest: bool,
-) -> anyhow::Result<fleet_node::proto::ListAuditEventsResponse> {
+) -> anyhow::Result<fleet_api::proto::ListAuditEventsResponse> {
     Ok(client
         .fleet_read(|mut f, req: Req| {
             let request = req.wrap(ListAuditEventsRequest {
@@ -1049,7 +1050,7 @@ async fn audit_verify(client: &Client, consistency: i32, json: bool) -> anyhow::
     let events = fetch_audit(client, consistency, "", 0, usize::MAX).await?;
     let mut chain = Vec::with_capacity(events.len());
     for e in &events {
-        chain.push(fleet_node::convert::audit_event_from_wire(e).map_err(|e| anyhow!(e))?);
+        chain.push(fleet_api::convert::audit_event_from_wire(e).map_err(|e| anyhow!(e))?);
     }
     let head = chain.last().map_or("-".to_string(), |e| e.hash.clone());
     match fleet_core::audit::verify_chain(&chain) {
@@ -1332,7 +1333,7 @@ fn disk_bench(
     block_size: usize,
     json: bool,
 ) -> anyhow::Result<()> {
-    use fleet_node::disk::{FDATASYNC_P99_LIMIT, run_fdatasync_pattern};
+    use fleet_disk::{FDATASYNC_P99_LIMIT, run_fdatasync_pattern};
     if block_size == 0 || block_size as u64 > size {
         return Err(anyhow!(
             "invalid --block-size {block_size}: must be between 1 and --size ({size})"

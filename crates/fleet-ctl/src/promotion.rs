@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use clap::{Args, Subcommand};
-use fleet_node::proto::*;
+use fleet_api::proto::*;
 use serde_json::json;
 
 use crate::client::{Client, CtlError, Req};
@@ -438,14 +438,15 @@ fn print_rollout(r: &Rollout) {
 /// Exit status of `rollout status`: only a succeeded (or still healthy and running, without
 /// --watch) rollout is success.
 fn finished_ok(r: &Rollout) -> anyhow::Result<()> {
-    match r.state.as_str() {
-        "succeeded" => Ok(()),
-        "succeeded_with_failures" => {
+    use fleet_api::proto::RolloutState as S;
+    match r.rollout_state() {
+        S::Succeeded => Ok(()),
+        S::SucceededWithFailures => {
             // Within the failure budget the operator chose: success, said on stderr.
             eprintln!("warning: rollout {} {}", r.id, r.message);
             Ok(())
         }
-        "halted" | "rolled_back" | "aborted" => Err(anyhow!(
+        S::Halted | S::RolledBack | S::Aborted => Err(anyhow!(
             "rollout {} {}: {}",
             r.id,
             r.state.replace('_', " "),
@@ -577,7 +578,7 @@ async fn watch_rollout(client: &Client, target: &Target, json: bool) -> anyhow::
             let healthy = w
                 .clusters
                 .iter()
-                .filter(|c| c.progress == "healthy")
+                .filter(|c| c.cluster_progress() == ClusterProgress::Healthy)
                 .count();
             // A cluster that joins the environment joins its wave.
             bar.set_length(w.clusters.len() as u64);
@@ -585,7 +586,12 @@ async fn watch_rollout(client: &Client, target: &Target, json: bool) -> anyhow::
             let mut notes: Vec<String> = w
                 .clusters
                 .iter()
-                .filter(|c| c.progress != "healthy" && c.progress != "pending")
+                .filter(|c| {
+                    !matches!(
+                        c.cluster_progress(),
+                        ClusterProgress::Healthy | ClusterProgress::Pending
+                    )
+                })
                 .map(|c| format!("{} {}", c.cluster, c.progress))
                 .collect();
             notes.truncate(4);
@@ -604,7 +610,10 @@ async fn watch_rollout(client: &Client, target: &Target, json: bool) -> anyhow::
                 }
             }
         }
-        if !matches!(r.state.as_str(), "running" | "paused" | "awaiting_approval") {
+        if !matches!(
+            r.rollout_state(),
+            RolloutState::Running | RolloutState::Paused | RolloutState::AwaitingApproval
+        ) {
             for bar in &bars {
                 bar.finish();
             }

@@ -772,7 +772,9 @@ pub async fn identify(
     let mut client = peers.raft_client(address);
     tokio::time::timeout(IDENTIFY_TIMEOUT, client.identify(request))
         .await
-        .map_err(|_| tonic::Status::unavailable("no answer in time"))?
+        .map_err(|_| {
+            fleet_api::status::with_hint(tonic::Code::Unavailable, "no answer in time", "")
+        })?
         .map(|r| r.into_inner())
 }
 
@@ -1132,12 +1134,7 @@ async fn join(coordinator: &Coordinator, member: &str, advertise: &str) -> Resul
                         | tonic::Code::FailedPrecondition
                 ) =>
             {
-                let hint = status
-                    .metadata()
-                    .get(crate::convert::HINT_METADATA)
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
+                let hint = fleet_api::status::hint(&status).unwrap_or("").to_string();
                 return Err(NodeError::Startup(format!(
                     "--join {member} refused: {}. {hint}",
                     status.message()

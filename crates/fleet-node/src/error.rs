@@ -35,6 +35,15 @@ pub enum NodeError {
     /// A node being added did not catch up in time; it stays a learner.
     #[error("{message}")]
     CatchUpTimeout { message: String, hint: String },
+    /// A Raft message from a sender this node does not accept (another cluster, a non-member).
+    #[error("{message}")]
+    PermissionDenied { message: String },
+    /// A Raft message that cannot be read or cannot be true (an impossible term).
+    #[error("{message}")]
+    BadMessage { message: String },
+    /// This node does not lead; nothing was proposed. Another node may do better.
+    #[error("not the leader; nothing was proposed")]
+    NotLeader,
     /// Another membership change runs on the leader; retry once it ends.
     #[error("another membership change is in progress")]
     MembershipBusy,

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::disk::{self, ETCD_BLOCK_SIZE, FDATASYNC_P99_LIMIT, PatternFile};
 use crate::store::fail_stop;
+use fleet_disk::{self as disk, ETCD_BLOCK_SIZE, FDATASYNC_P99_LIMIT, PatternFile};
 
 /// Width of one slot.
 pub const SLOT: Duration = Duration::from_secs(10);

@@ -34,10 +34,10 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use crate::coordinator::Coordinator;
-use crate::disk::FDATASYNC_P99_LIMIT;
 use crate::proto::GetCoordinatorStatusRequest;
 use crate::proto::fleet_service_client::FleetServiceClient;
 use crate::types::NodeId;
+use fleet_disk::FDATASYNC_P99_LIMIT;
 
 /// How often the guard judges the disk.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);

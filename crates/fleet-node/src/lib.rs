@@ -1,17 +1,12 @@
 //! The fleet runtime: the Raft-replicated coordinator.
 
-pub mod proto {
-    //! Generated from proto/fleet/v1. Wire types stop at [`crate::convert`].
-    #![allow(clippy::all)]
-    tonic::include_proto!("fleet.v1");
-}
+pub use fleet_api::proto;
 pub mod agent;
 pub mod batcher;
 pub mod clock;
 pub mod convert;
 pub mod coordinator;
 pub mod demo;
-pub mod disk;
 pub mod error;
 pub mod health;
 pub mod heartbeat;

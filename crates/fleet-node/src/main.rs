@@ -34,7 +34,7 @@ struct AgentArgs {
     #[arg(long)]
     cluster: String,
     /// Coordinator HOST:PORTs, comma-separated; any of them serves the agent.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required = true, value_parser = fleet_api::address::host_port)]
     endpoints: Vec<String>,
     /// Where to apply: `files:ROOT` writes each workload under ROOT/<workload>/.
     #[arg(long, value_parser = parse_target)]
@@ -77,7 +77,7 @@ struct CoordinatorArgs {
     #[arg(long, conflicts_with = "join")]
     bootstrap: bool,
     /// Ask the member at HOST:PORT to add this node as a voter.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", value_parser = fleet_api::address::host_port)]
     join: Option<String>,
     #[command(flatten)]
     tuning: Tuning,

@@ -23,12 +23,9 @@ use crate::types::TypeConfig;
 use fleet_core::limits::{MAX_RAFT_TERM, MAX_RAFT_TERM_STEP, MAX_REPORTS_PER_CALL};
 use tokio_stream::wrappers::ReceiverStream;
 
-/// Largest request message a client may send to `FleetService` or `AgentService`.
-pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+pub use fleet_api::limits::{MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
 /// Most audit events in one `ListAuditEvents` page.
 pub const MAX_AUDIT_EVENTS_PER_PAGE: usize = 1000;
-/// Largest response message sent to a client.
-pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 pub fn fleet_server(c: Arc<Coordinator>) -> FleetServiceServer<FleetApi> {
     FleetServiceServer::new(FleetApi(c))
@@ -620,8 +617,12 @@ async fn serve_watch(
 pub struct RaftApi(Arc<Coordinator>);
 
 fn decode<T: serde::de::DeserializeOwned>(payload: &RaftPayload) -> Result<T, Status> {
-    serde_json::from_slice(&payload.json)
-        .map_err(|e| Status::invalid_argument(format!("undecodable raft payload: {e}")))
+    serde_json::from_slice(&payload.json).map_err(|e| {
+        NodeError::BadMessage {
+            message: format!("undecodable raft payload: {e}"),
+        }
+        .into()
+    })
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Response<RaftPayload> {
@@ -646,9 +647,13 @@ impl RaftApi {
             .next()
             .is_none()
         {
-            return Err(Status::failed_precondition(
-                "vote: this node is not a member yet (its log holds no membership) and does not vote",
-            ));
+            return Err(NodeError::FailedPrecondition {
+                message: "vote: this node is not a member yet (its log holds no membership) and \
+                          does not vote"
+                    .into(),
+                hint: String::new(),
+            }
+            .into());
         }
         Ok(())
     }
@@ -659,11 +664,14 @@ impl RaftApi {
     fn check_sender(&self, what: &str, cluster_id: &str, from_node: u64) -> Result<(), Status> {
         if cluster_id != self.0.cluster_id {
             tracing::warn!(what, from = from_node, cluster = %cluster_id, "refused a raft message from another cluster");
-            return Err(Status::permission_denied(format!(
-                "{what}: the sender belongs to cluster {cluster_id:?}, this node to {:?}; \
-                 nothing changed",
-                self.0.cluster_id
-            )));
+            return Err(NodeError::PermissionDenied {
+                message: format!(
+                    "{what}: the sender belongs to cluster {cluster_id:?}, this node to {:?}; \
+                     nothing changed",
+                    self.0.cluster_id
+                ),
+            }
+            .into());
         }
         let metrics = self.0.raft.metrics();
         let metrics = metrics.borrow();
@@ -675,10 +683,13 @@ impl RaftApi {
                 from = from_node,
                 "refused a raft message from a node that is not a member"
             );
-            return Err(Status::permission_denied(format!(
-                "{what}: node {from_node} is not a member of this coordinator cluster; nothing \
-                 changed"
-            )));
+            return Err(NodeError::PermissionDenied {
+                message: format!(
+                    "{what}: node {from_node} is not a member of this coordinator cluster; \
+                     nothing changed"
+                ),
+            }
+            .into());
         }
         Ok(())
     }
@@ -695,10 +706,14 @@ impl RaftApi {
         let current = self.0.raft.metrics().borrow().current_term;
         if term > MAX_RAFT_TERM || term > current.saturating_add(MAX_RAFT_TERM_STEP) {
             tracing::warn!(%term, current, from = vote.leader_id.node_id, what, "refused a raft message with an impossible term");
-            return Err(Status::invalid_argument(format!(
-                "{what}: term {term} is impossible here (current term {current}; at most \
-                 {MAX_RAFT_TERM_STEP} above it and never above {MAX_RAFT_TERM}); nothing changed"
-            )));
+            return Err(NodeError::BadMessage {
+                message: format!(
+                    "{what}: term {term} is impossible here (current term {current}; at most \
+                     {MAX_RAFT_TERM_STEP} above it and never above {MAX_RAFT_TERM}); nothing \
+                     changed"
+                ),
+            }
+            .into());
         }
         Ok(())
     }
@@ -726,8 +741,11 @@ impl RaftService for RaftApi {
     async fn install_snapshot(&self, request: Request<InstallSnapshotChunk>) -> Reply<RaftPayload> {
         let chunk = request.into_inner();
         self.check_sender("install_snapshot", &chunk.cluster_id, chunk.from_node)?;
-        let bad = |e: serde_json::Error| {
-            Status::invalid_argument(format!("undecodable snapshot chunk: {e}"))
+        let bad = |e: serde_json::Error| -> Status {
+            NodeError::BadMessage {
+                message: format!("undecodable snapshot chunk: {e}"),
+            }
+            .into()
         };
         let rpc = InstallSnapshotRequest::<TypeConfig> {
             vote: serde_json::from_slice(&chunk.vote_json).map_err(bad)?,
@@ -767,7 +785,7 @@ impl RaftService for RaftApi {
                 });
                 Ok(encode(&reply))
             }
-            Err(_) => Err(Status::unavailable("not the leader; nothing was proposed")),
+            Err(_) => Err(NodeError::NotLeader.into()),
         }
     }
 
@@ -798,26 +816,37 @@ impl RaftService for RaftApi {
         request: Request<SetFailpointRequest>,
     ) -> Reply<SetFailpointResponse> {
         if !self.0.allow_failpoint_rpc {
-            return Err(Status::failed_precondition(
-                "failpoints are not served here: start the node with --allow-failpoint-rpc",
-            ));
+            return Err(NodeError::FailedPrecondition {
+                message: "failpoints are not served here".into(),
+                hint: "start the node with --allow-failpoint-rpc".into(),
+            }
+            .into());
         }
         let r = request.into_inner();
         if !FAILPOINTS.contains(&r.name.as_str()) {
-            return Err(Status::invalid_argument(format!(
-                "name: {:?} is not a failpoint; use one of {}",
-                r.name,
-                FAILPOINTS.join(", ")
-            )));
+            return Err(NodeError::InvalidArgument {
+                field: "name",
+                message: format!("{:?} is not a failpoint", r.name),
+                hint: format!("use one of {}", FAILPOINTS.join(", ")),
+            }
+            .into());
         }
         if r.actions.len() > MAX_FAILPOINT_ACTIONS_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "actions: {} bytes is over the limit of {MAX_FAILPOINT_ACTIONS_BYTES}",
-                r.actions.len()
-            )));
+            return Err(NodeError::InvalidArgument {
+                field: "actions",
+                message: format!(
+                    "{} bytes is over the limit of {MAX_FAILPOINT_ACTIONS_BYTES}",
+                    r.actions.len()
+                ),
+                hint: "see the fail crate's action syntax, e.g. 1*return or sleep(50)".into(),
+            }
+            .into());
         }
-        fail::cfg(&r.name, &r.actions)
-            .map_err(|e| Status::invalid_argument(format!("actions: {e}")))?;
+        fail::cfg(&r.name, &r.actions).map_err(|e| NodeError::InvalidArgument {
+            field: "actions",
+            message: e.to_string(),
+            hint: "see the fail crate's action syntax, e.g. 1*return or sleep(50)".into(),
+        })?;
         tracing::warn!(failpoint = %r.name, actions = %r.actions, "failpoint configured");
         Ok(Response::new(SetFailpointResponse {}))
     }

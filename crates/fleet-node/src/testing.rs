@@ -499,10 +499,10 @@ pub async fn connect(address: &str) -> Option<FleetServiceClient<Channel>> {
 /// node must run with `--allow-failpoint-rpc`), e.g. `("log-flush", "sleep(50)")` or `"off"`.
 pub async fn set_failpoint(address: &str, name: &str, actions: &str) -> Result<(), tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .map_err(|e| fleet_api::status::with_hint(tonic::Code::InvalidArgument, e.to_string(), ""))?
         .connect()
         .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        .map_err(|e| fleet_api::status::with_hint(tonic::Code::Unavailable, e.to_string(), ""))?;
     crate::proto::raft_service_client::RaftServiceClient::new(channel)
         .set_failpoint(crate::proto::SetFailpointRequest {
             name: name.into(),

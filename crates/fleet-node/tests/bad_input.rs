@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{add_site, client, register};
-use fleet_node::convert::HINT_METADATA;
+use fleet_api::status::HINT_METADATA;
 use fleet_node::proto::fleet_service_client::FleetServiceClient;
 use fleet_node::proto::*;
 use fleet_node::testing::ProcessCluster;
@@ -259,4 +259,63 @@ async fn malformed_input_is_refused_by_a_node_that_has_lost_its_quorum() {
         .await
         .expect_err("no write can be committed without a quorum");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
+
+#[test]
+fn an_address_flag_that_is_not_host_port_is_refused_with_a_message_not_a_panic() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let cases: [&[&str]; 3] = [
+        &[
+            "coordinator",
+            "--id",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir,
+            "--join",
+            "a b",
+        ],
+        &[
+            "agent",
+            "--cluster",
+            "c",
+            "--endpoints",
+            "127.0.0.1:7400,a b",
+            "--target",
+            "files:/nonexistent",
+            "--state-dir",
+            data_dir,
+        ],
+        &[
+            "coordinator",
+            "--id",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir,
+            "--join",
+            "127.0.0.1",
+        ],
+    ];
+    for args in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-node"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("is not HOST:PORT") && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains("--join") || stderr.contains("--endpoints"),
+            "the flag is named: {stderr}"
+        );
+    }
+    // Nothing was written for the refused start.
+    assert_eq!(std::fs::read_dir(data.path()).unwrap().count(), 0);
 }

@@ -1,0 +1,86 @@
+//! ARCHITECTURE.md: fleet-ctl links the wire (fleet-api), the domain (fleet-core), etcd's disk
+//! check (fleet-disk) and gix, and none of the coordinator's storage, consensus or Kubernetes
+//! client. Read from `cargo tree`, so a dependency that arrives through another one counts.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+/// The packages in `package`'s tree of normal dependencies (not dev, not build), by name.
+fn normal_dependencies(package: &str) -> BTreeSet<String> {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "--offline",
+            "-p",
+            package,
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn fleet_ctl_links_neither_storage_nor_consensus_nor_a_kubernetes_client() {
+    let tree = normal_dependencies("fleet-ctl");
+    assert!(
+        tree.contains("fleet-api") && tree.contains("fleet-core"),
+        "{tree:?}"
+    );
+    for banned in [
+        "fleet-node",
+        "sled",
+        "openraft",
+        "kube",
+        "k8s-openapi",
+        "etcd-client",
+    ] {
+        assert!(
+            !tree.contains(banned),
+            "fleet-ctl depends on {banned}; it must link fleet-api and fleet-core only"
+        );
+    }
+}
+
+#[test]
+fn fleet_api_links_the_domain_and_the_wire_only() {
+    let tree = normal_dependencies("fleet-api");
+    for banned in [
+        "fleet-node",
+        "sled",
+        "openraft",
+        "kube",
+        "etcd-client",
+        "gix",
+    ] {
+        assert!(!tree.contains(banned), "fleet-api depends on {banned}");
+    }
+}
+
+#[test]
+fn fleet_core_has_no_runtime_wire_storage_or_consensus_dependency() {
+    // ARCHITECTURE.md: "No tokio, tonic, prost, sled, openraft or filesystem in its
+    // dependencies."
+    let tree = normal_dependencies("fleet-core");
+    for banned in [
+        "tokio", "tonic", "prost", "sled", "openraft", "hyper", "gix",
+    ] {
+        assert!(!tree.contains(banned), "fleet-core depends on {banned}");
+    }
+}
