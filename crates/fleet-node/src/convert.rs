@@ -5,6 +5,7 @@
 
 pub use fleet_api::convert::*;
 
+use fleet_api::status::with_hint as status_with_hint;
 use fleet_core::CoreError;
 use tonic::{Code, Status};
 
@@ -17,10 +18,6 @@ pub fn consistency(value: i32) -> Consistency {
         Ok(proto::ReadConsistency::Stale) => Consistency::Stale,
         _ => Consistency::Linearizable,
     }
-}
-
-fn status_with_hint(code: Code, message: String, hint: &str) -> Status {
-    fleet_api::status::with_hint(code, message, hint)
 }
 
 impl From<NodeError> for Status {
@@ -72,7 +69,8 @@ impl From<NodeError> for Status {
             NodeError::PermissionDenied { .. } => status_with_hint(
                 Code::PermissionDenied,
                 message,
-                "check that every coordinator runs with its own data dir of this cluster",
+                "only members of this coordinator cluster speak Raft to it; a removed node \
+                 rejoins with an empty data dir and --join",
             ),
             NodeError::BadMessage { .. } => status_with_hint(Code::InvalidArgument, message, ""),
             NodeError::NotLeader => status_with_hint(

@@ -277,10 +277,22 @@ impl Coordinator {
                         }
                         // Perhaps delivered (a connection that broke mid-call, a leader that
                         // lost its leadership mid-write): the same write id again is safe.
-                        Err(status) => {
+                        Err(status)
+                            if matches!(
+                                status.code(),
+                                tonic::Code::Unknown
+                                    | tonic::Code::Cancelled
+                                    | tonic::Code::DeadlineExceeded
+                                    | tonic::Code::Internal
+                                    | tonic::Code::Aborted
+                            ) =>
+                        {
                             tracing::debug!(%address, %status, "a forwarded write's answer was lost; retrying it");
                             lost_answer = Some(format!("{address}: {}", status.message()));
                         }
+                        // The leader refused the message itself (another cluster, too large):
+                        // nothing was proposed, and asking again would get the same answer.
+                        Err(status) => return Err(NodeError::from_leader(status)),
                     }
                 }
                 None => {}
