@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use fleet_node::proto::promotion_service_client::PromotionServiceClient;
-use fleet_node::proto::{
+use fleet_api::proto::promotion_service_client::PromotionServiceClient;
+use fleet_api::proto::{
     AddEnvironmentRequest, AddSiteRequest, CreateWorkloadRequest, GetClusterRequest,
     ListAuditEventsRequest, Pipeline, PublishReleaseRequest, ReadConsistency,
     RegisterClusterRequest, RemoveCoordinatorRequest, SetPipelineRequest,
 };
-use fleet_node::testing::{AgentProcess, NodeSpec, ProcessCluster, set_failpoint};
+use fleet_testkit::{AgentProcess, NodeSpec, ProcessCluster, set_failpoint};
 use nix::sys::signal::Signal;
 
 use crate::checker::{self, Input, Operation, Output, Verdict};
@@ -328,7 +328,7 @@ impl System {
                         .collect(),
                 ),
                 None => (
-                    format!("127.0.0.1:{}", fleet_node::testing::free_port()),
+                    format!("127.0.0.1:{}", fleet_testkit::free_port()),
                     Vec::new(),
                 ),
             };
@@ -954,7 +954,7 @@ async fn inject(sys: &mut System, plan: &Plan, report: &mut Report) -> anyhow::R
                         .collect(),
                 },
                 None => NodeSpec {
-                    address: format!("127.0.0.1:{}", fleet_node::testing::free_port()),
+                    address: format!("127.0.0.1:{}", fleet_testkit::free_port()),
                     data_dir: sys.base().join(format!("node-{added}")),
                     wrapper: Vec::new(),
                 },
@@ -1002,7 +1002,7 @@ async fn inject(sys: &mut System, plan: &Plan, report: &mut Report) -> anyhow::R
 async fn remove_member(sys: &System, through: u64, id: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + MEMBERSHIP_BOUND;
     loop {
-        let answer = match fleet_node::testing::connect(&sys.cluster.address(through)).await {
+        let answer = match fleet_testkit::connect(&sys.cluster.address(through)).await {
             Some(mut c) => c
                 .remove_coordinator(RemoveCoordinatorRequest { id, force: false })
                 .await
@@ -1131,7 +1131,7 @@ async fn audit(nodes: &Nodes) -> anyhow::Result<HashSet<String>> {
         };
         after = last.sequence;
         for e in &page.events {
-            chain.push(fleet_node::convert::audit_event_from_wire(e).map_err(|e| anyhow!(e))?);
+            chain.push(fleet_api::convert::audit_event_from_wire(e).map_err(|e| anyhow!(e))?);
         }
     }
     fleet_core::audit::verify_chain(&chain).map_err(|e| anyhow!("the audit chain: {e}"))?;

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fleet_node::proto::fleet_service_client::FleetServiceClient;
-use fleet_node::proto::{
+use fleet_api::proto::fleet_service_client::FleetServiceClient;
+use fleet_api::proto::{
     GetClusterRequest, GetCoordinatorStatusRequest, ListReleasesRequest, PublishReleaseRequest,
     ReadConsistency, RegisterClusterRequest, RemoveClusterRequest,
 };

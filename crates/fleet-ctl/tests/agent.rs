@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fleet_node::testing::{AgentProcess, ProcessCluster};
+use fleet_testkit::{AgentProcess, ProcessCluster};
 use serde_json::Value;
 
 use common::{ctl, git, ok_json};
@@ -323,16 +323,16 @@ impl Drop for Demo {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_demo_runs_the_whole_loop_and_promotes_to_production() {
     let dir = tempfile::tempdir().unwrap();
-    let port = fleet_node::testing::free_port();
+    let port = fleet_testkit::free_port();
     let ep = format!("127.0.0.1:{port}");
     let log = std::fs::File::create(dir.path().join("demo.log")).unwrap();
     let _demo = Demo(
-        std::process::Command::new(fleet_node::testing::fleet_node_binary())
+        std::process::Command::new(fleet_testkit::fleet_node_binary())
             .current_dir(dir.path())
             .args(["demo", "--listen", &ep])
             .args([
                 "--metrics-listen",
-                &format!("127.0.0.1:{}", fleet_node::testing::free_port()),
+                &format!("127.0.0.1:{}", fleet_testkit::free_port()),
             ])
             .stdout(log.try_clone().unwrap())
             .stderr(log)

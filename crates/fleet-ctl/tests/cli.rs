@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use fleet_node::testing::{ProcessCluster, free_port};
+use fleet_testkit::{ProcessCluster, free_port};
 use serde_json::Value;
 
 use common::{ctl, git, ok_json};

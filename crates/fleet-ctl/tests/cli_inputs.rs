@@ -8,9 +8,9 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fleet_node::proto::PublishReleaseRequest;
-use fleet_node::proto::fleet_service_client::FleetServiceClient;
-use fleet_node::testing::{AgentProcess, ProcessCluster, free_port};
+use fleet_api::proto::PublishReleaseRequest;
+use fleet_api::proto::fleet_service_client::FleetServiceClient;
+use fleet_testkit::{AgentProcess, ProcessCluster, free_port};
 use nix::sys::signal::Signal;
 
 use common::{ctl, git, ok_json};

@@ -84,3 +84,52 @@ fn fleet_core_has_no_runtime_wire_storage_or_consensus_dependency() {
         assert!(!tree.contains(banned), "fleet-core depends on {banned}");
     }
 }
+
+/// The features of `package` that a build of it alone turns on (no dev-dependencies), as
+/// `cargo tree -e features` prints them: `fail feature "failpoints"`.
+fn enabled_features(package: &str, of: &str) -> Vec<String> {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "--offline",
+            "-p",
+            package,
+            "-e",
+            "normal,features",
+            "-i",
+            of,
+            "--prefix",
+            "none",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{of} feature")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_product_fleet_node_build_has_no_failpoints() {
+    // `cargo build --release -p fleet-node` resolves fleet-node's normal dependencies only;
+    // the `fail` crate compiles its failpoints to nothing without its `failpoints` feature.
+    let node = enabled_features("fleet-node", "fail");
+    assert!(
+        !node.iter().any(|f| f.contains("\"failpoints\"")),
+        "fleet-node alone turns on failpoints: {node:?}"
+    );
+    // The harness does turn them on, so the test build has them (a check of the check).
+    let testkit = enabled_features("fleet-testkit", "fail");
+    assert!(
+        testkit.iter().any(|f| f.contains("\"failpoints\"")),
+        "fleet-testkit does not turn on failpoints: {testkit:?}"
+    );
+}

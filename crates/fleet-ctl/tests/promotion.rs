@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fleet_node::testing::{AgentProcess, ProcessCluster, set_failpoint};
+use fleet_testkit::{AgentProcess, ProcessCluster, set_failpoint};
 use serde_json::Value;
 
 use common::{ctl, git, ok_json};

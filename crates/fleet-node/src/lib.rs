@@ -18,5 +18,4 @@ pub mod promotion;
 pub mod service;
 pub mod store;
 pub mod tasks;
-pub mod testing;
 pub mod types;

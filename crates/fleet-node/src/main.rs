@@ -155,9 +155,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    // Fault injection from the environment: FAILPOINTS="log-flush=return" (see store.rs).
+    // Fault injection from the environment: FAILPOINTS="log-flush=return" (see store.rs), in
+    // a test build only (feature `failpoints`, which fleet-testkit turns on).
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
+    #[cfg(not(feature = "failpoints"))]
+    if std::env::var_os("FAILPOINTS").is_some() {
+        tracing::warn!("FAILPOINTS is ignored: this build has no failpoints (only test builds do)");
+    }
     let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
     runtime.block_on(async {
         match cli.command {
@@ -215,6 +220,12 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     config.guard.enabled = args.tuning.disk_aware_leadership;
     config.guard.sustain_s = args.tuning.stall_sustain_s as usize;
     config.guard.dwell = std::time::Duration::from_millis(args.tuning.handover_dwell_ms);
+    if args.tuning.allow_failpoint_rpc && !cfg!(feature = "failpoints") {
+        anyhow::bail!(
+            "--allow-failpoint-rpc: this build has no failpoints; it is for test builds (any \
+             build that includes fleet-testkit)"
+        );
+    }
     config.allow_failpoint_rpc = args.tuning.allow_failpoint_rpc;
     config.max_clock_offset_ms = args.tuning.max_clock_offset_ms;
     coordinator::run(config, shutdown_signal(), |_| async { Ok(()) }).await?;

@@ -815,6 +815,14 @@ impl RaftService for RaftApi {
         &self,
         request: Request<SetFailpointRequest>,
     ) -> Reply<SetFailpointResponse> {
+        if !cfg!(feature = "failpoints") {
+            return Err(NodeError::FailedPrecondition {
+                message: "this build has no failpoints".into(),
+                hint: "failpoints exist in test builds only (those that include fleet-testkit)"
+                    .into(),
+            }
+            .into());
+        }
         if !self.0.allow_failpoint_rpc {
             return Err(NodeError::FailedPrecondition {
                 message: "failpoints are not served here".into(),

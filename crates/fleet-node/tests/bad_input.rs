@@ -9,7 +9,7 @@ use common::{add_site, client, register};
 use fleet_api::status::HINT_METADATA;
 use fleet_node::proto::fleet_service_client::FleetServiceClient;
 use fleet_node::proto::*;
-use fleet_node::testing::ProcessCluster;
+use fleet_testkit::ProcessCluster;
 use tonic::Code;
 use tonic::transport::Channel;
 

@@ -14,7 +14,7 @@ use fleet_node::proto::{
     AddFreezeRequest, CreateWorkloadRequest, ListAuditEventsRequest, PublishReleaseRequest,
     ReadConsistency,
 };
-use fleet_node::testing::ProcessCluster;
+use fleet_testkit::ProcessCluster;
 
 use common::client;
 

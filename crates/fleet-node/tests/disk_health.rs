@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{add_site, client, register};
 use fleet_node::proto::{DiskHealth, GetCoordinatorStatusRequest};
-use fleet_node::testing::{ProcessCluster, free_port};
+use fleet_testkit::{ProcessCluster, free_port};
 
 async fn disk_once_sampled(address: &str) -> DiskHealth {
     let mut c = client(address).await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{add_site, assert_has_all, client, register};
 use fleet_node::proto::ReadConsistency;
 use fleet_node::store::EXIT_STORAGE_FAILURE;
-use fleet_node::testing::ProcessCluster;
+use fleet_testkit::ProcessCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_with_failing_fsync_exits_and_the_others_keep_serving_without_loss() {

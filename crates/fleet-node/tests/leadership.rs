@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{add_site, client, register};
 use fleet_node::proto::{ListAuditEventsRequest, ReadConsistency};
-use fleet_node::testing::{ProcessCluster, set_failpoint};
+use fleet_testkit::{ProcessCluster, set_failpoint};
 
 /// Registers clusters through `address` until `stop`, except while `paused`, counting
 /// acknowledged and failed writes.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{add_site, client, cluster_names, register};
 use fleet_node::proto::{AddCoordinatorRequest, ReadConsistency, RemoveCoordinatorRequest};
-use fleet_node::testing::ProcessCluster;
+use fleet_testkit::ProcessCluster;
 use nix::sys::signal::Signal;
 
 /// Members of the leader's membership: (id, voter).
@@ -229,7 +229,7 @@ async fn adds_of_a_used_id_a_used_address_or_an_address_that_does_not_answer_are
         "{refused:?}"
     );
     // Nothing answers at the address.
-    let nothing = format!("127.0.0.1:{}", fleet_node::testing::free_port());
+    let nothing = format!("127.0.0.1:{}", fleet_testkit::free_port());
     let refused = add(&cluster, 1, 4, &nothing, 1000).await.unwrap_err();
     assert_eq!(
         refused.code(),
@@ -240,7 +240,7 @@ async fn adds_of_a_used_id_a_used_address_or_an_address_that_does_not_answer_are
 
     // A node started with a mistyped --advertise: its join is refused and it stops.
     let first = cluster.address(1);
-    let wrong = format!("127.0.0.1:{}", fleet_node::testing::free_port());
+    let wrong = format!("127.0.0.1:{}", fleet_testkit::free_port());
     let node = cluster.spawn_node(5, &["--join", &first, "--advertise", &wrong], &[]);
     let status = node
         .wait_exit(Duration::from_secs(30))

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fleet_node::testing::{ProcessCluster, sibling_binary};
+use fleet_testkit::{ProcessCluster, sibling_binary};
 
 /// The audit head of the fixture, as the format-0 `fleet-ctl audit verify` printed it.
 const FIXTURE_HEAD: &str = "c3996115d1cf5691075ea4b639058b2456b77771459019f4a3d12b6010924616";

@@ -11,8 +11,8 @@ use common::{add_site, client};
 use fleet_node::coordinator::EXIT_RAFT_FATAL;
 use fleet_node::proto::RaftPayload;
 use fleet_node::proto::raft_service_client::RaftServiceClient;
-use fleet_node::testing::ProcessCluster;
 use fleet_node::types::TypeConfig;
+use fleet_testkit::ProcessCluster;
 use openraft::Vote;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 

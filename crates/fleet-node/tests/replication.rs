@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{add_site, assert_has_all, client, cluster_names, register};
 use fleet_node::proto::{ListAuditEventsRequest, ReadConsistency};
-use fleet_node::testing::{ProcessCluster, set_failpoint};
+use fleet_testkit::{ProcessCluster, set_failpoint};
 
 /// Writes `names` through `address`, returning the names acknowledged and the highest index.
 async fn write_all(address: &str, names: &[String]) -> (BTreeSet<String>, u64) {

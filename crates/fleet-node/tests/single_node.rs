@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{add_site, assert_has_all, client, cluster_names, register};
 use fleet_node::proto::ReadConsistency;
-use fleet_node::testing::ProcessCluster;
+use fleet_testkit::ProcessCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_acknowledged_writes_survive_sigkill_and_restart() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fleet_node::proto::fleet_service_client::FleetServiceClient;
 use fleet_node::proto::*;
-use fleet_node::testing::connect;
+use fleet_testkit::connect;
 use tonic::transport::Channel;
 
 pub async fn client(address: &str) -> FleetServiceClient<Channel> {

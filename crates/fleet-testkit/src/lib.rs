@@ -12,8 +12,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tonic::transport::Channel;
 
-use crate::proto::fleet_service_client::FleetServiceClient;
-use crate::proto::{GetCoordinatorStatusRequest, GetCoordinatorStatusResponse};
+use fleet_api::proto::fleet_service_client::FleetServiceClient;
+use fleet_api::proto::{GetCoordinatorStatusRequest, GetCoordinatorStatusResponse};
 
 /// The `fleet-node` binary next to the running test executable (cargo puts test executables
 /// in `target/<profile>/deps` and binaries in `target/<profile>`).
@@ -503,8 +503,8 @@ pub async fn set_failpoint(address: &str, name: &str, actions: &str) -> Result<(
         .connect()
         .await
         .map_err(|e| fleet_api::status::with_hint(tonic::Code::Unavailable, e.to_string(), ""))?;
-    crate::proto::raft_service_client::RaftServiceClient::new(channel)
-        .set_failpoint(crate::proto::SetFailpointRequest {
+    fleet_api::proto::raft_service_client::RaftServiceClient::new(channel)
+        .set_failpoint(fleet_api::proto::SetFailpointRequest {
             name: name.into(),
             actions: actions.into(),
         })

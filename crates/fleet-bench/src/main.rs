@@ -11,7 +11,9 @@
 //!   from one coordinator, or from the followers of a 3-node cluster: the time from a release's
 //!   publication to the last agent receiving it, and coordinator memory per connected agent.
 //!
-//! Run from a release build: `cargo run --release -p fleet-node --bin fleet-bench -- writes`.
+//! Run from a release build in its own target dir (its `fleet-node` has failpoints):
+//! `cargo build --release -p fleet-node -p fleet-bench --target-dir target/bench`, then
+//! `target/bench/release/fleet-bench writes`.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -20,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fleet_node::proto::{AddSiteRequest, RegisterClusterRequest, RemoveClusterRequest};
-use fleet_node::testing::set_failpoint;
-use fleet_node::testing::{ProcessCluster, connect, free_port};
+use fleet_api::proto::{AddSiteRequest, RegisterClusterRequest, RemoveClusterRequest};
+use fleet_testkit::set_failpoint;
+use fleet_testkit::{ProcessCluster, connect, free_port};
 use hdrhistogram::Histogram;
 
 #[derive(Parser)]
@@ -443,7 +445,7 @@ fn fail_on_errors(round: &Round) -> anyhow::Result<()> {
 
 /// One connection of one client.
 enum Connection {
-    Fleet(fleet_node::proto::fleet_service_client::FleetServiceClient<tonic::transport::Channel>),
+    Fleet(fleet_api::proto::fleet_service_client::FleetServiceClient<tonic::transport::Channel>),
     Etcd(Box<etcd_client::KvClient>),
 }
 
@@ -590,10 +592,8 @@ fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
 }
 
 async fn fanout(rounds: Vec<usize>, nodes: usize, releases: usize) -> anyhow::Result<()> {
-    use fleet_node::proto::agent_service_client::AgentServiceClient;
-    use fleet_node::proto::{
-        CreateWorkloadRequest, PublishReleaseRequest, WatchAssignmentsRequest,
-    };
+    use fleet_api::proto::agent_service_client::AgentServiceClient;
+    use fleet_api::proto::{CreateWorkloadRequest, PublishReleaseRequest, WatchAssignmentsRequest};
 
     let (cluster, _) = start_fleet(nodes, &[], Via::All).await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
