@@ -5,21 +5,11 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-/// The packages in `package`'s tree of normal dependencies (not dev, not build), by name.
-fn normal_dependencies(package: &str) -> BTreeSet<String> {
+/// `cargo tree --offline --prefix none ARGS`, run in this crate, as lines.
+fn cargo_tree(args: &[&str]) -> Vec<String> {
     let out = Command::new(env!("CARGO"))
-        .args([
-            "tree",
-            "--offline",
-            "-p",
-            package,
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "--format",
-            "{p}",
-        ])
+        .args(["tree", "--offline", "--prefix", "none"])
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo tree runs");
@@ -31,6 +21,14 @@ fn normal_dependencies(package: &str) -> BTreeSet<String> {
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The packages in `package`'s tree of normal dependencies (not dev, not build), by name.
+fn normal_dependencies(package: &str) -> BTreeSet<String> {
+    cargo_tree(&["-p", package, "-e", "normal", "--format", "{p}"])
+        .iter()
         .filter_map(|line| line.split_whitespace().next())
         .map(str::to_string)
         .collect()
@@ -88,32 +86,9 @@ fn fleet_core_has_no_runtime_wire_storage_or_consensus_dependency() {
 /// The features of `package` that a build of it alone turns on (no dev-dependencies), as
 /// `cargo tree -e features` prints them: `fail feature "failpoints"`.
 fn enabled_features(package: &str, of: &str) -> Vec<String> {
-    let out = Command::new(env!("CARGO"))
-        .args([
-            "tree",
-            "--offline",
-            "-p",
-            package,
-            "-e",
-            "normal,features",
-            "-i",
-            of,
-            "--prefix",
-            "none",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo tree runs");
-    assert!(
-        out.status.success(),
-        "cargo tree failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
+    cargo_tree(&["-p", package, "-e", "normal,features", "-i", of])
+        .into_iter()
         .filter(|l| l.starts_with(&format!("{of} feature")))
-        .map(str::to_string)
         .collect()
 }
 
