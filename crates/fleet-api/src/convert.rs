@@ -78,7 +78,7 @@ pub fn assignment(a: &Assignment) -> proto::Assignment {
         workload: a.workload.clone(),
         repo_url: a.repo_url.clone(),
         path: a.path.clone(),
-        revision: a.revision.0.clone(),
+        revision: a.revision.to_string(),
         version: a.version,
         assigned_at_ms: a.assigned_at_ms,
     }
@@ -97,7 +97,7 @@ pub fn workload(w: &Workload, state: &State) -> proto::Workload {
             .filter_map(|e| {
                 w.desired.get(&e.name).map(|r| proto::DesiredRevision {
                     environment: e.name.clone(),
-                    revision: r.0.clone(),
+                    revision: r.to_string(),
                 })
             })
             .collect(),
@@ -107,7 +107,7 @@ pub fn workload(w: &Workload, state: &State) -> proto::Workload {
 pub fn release(r: &Release) -> proto::Release {
     proto::Release {
         workload: r.workload.clone(),
-        revision: r.revision.0.clone(),
+        revision: r.revision.to_string(),
         environment: r.environment.clone(),
         published_at_ms: r.published_at_ms,
         published_by: r.published_by.clone(),
@@ -127,7 +127,7 @@ pub fn status_row(r: &StatusRow, last_seen_ms: u64) -> proto::StatusRow {
         desired_revision: r
             .desired_revision
             .as_ref()
-            .map(|r| r.0.clone())
+            .map(|r| r.to_string())
             .unwrap_or_default(),
         assignment_version: r.assignment_version.unwrap_or_default(),
         not_assigned: r.not_assigned,
@@ -146,7 +146,15 @@ pub fn audit_event(e: &fleet_core::AuditEvent) -> proto::AuditEvent {
         prev_hash: e.prev_hash.clone(),
         hash: e.hash.clone(),
         format: e.format,
+        audit_kind: audit_kind(e.command.kind()) as i32,
     }
+}
+
+/// A command kind (`fleet_core::Command::kind`, e.g. `publish_release`) as the wire enum
+/// (`AUDIT_KIND_PUBLISH_RELEASE`); `Unspecified` for a kind the proto does not list.
+pub fn audit_kind(kind: &str) -> proto::AuditKind {
+    proto::AuditKind::from_str_name(&format!("AUDIT_KIND_{}", kind.to_ascii_uppercase()))
+        .unwrap_or(proto::AuditKind::Unspecified)
 }
 
 /// An audit event as served, back in the domain type, so that a client can recompute the
@@ -356,7 +364,7 @@ pub fn cluster_progress(p: Option<&fleet_core::rollout::Progress>) -> proto::Clu
 }
 
 fn revision_text(r: Option<&fleet_core::Revision>) -> String {
-    r.map_or_else(String::new, |r| r.0.clone())
+    r.map_or_else(String::new, |r| r.to_string())
 }
 
 /// A rollout with each cluster's progress at `now_ms`.
@@ -379,7 +387,7 @@ pub fn rollout(state: &State, r: &fleet_core::rollout::Rollout, now_ms: u64) -> 
                     proto::RolloutCluster {
                         cluster: c.clone(),
                         from_revision: revision_text(r.from.get(c).and_then(|f| f.as_ref())),
-                        to_revision: r.revision.0.clone(),
+                        to_revision: r.revision.to_string(),
                         progress: p.map_or("removed", |p| p.label()).to_string(),
                         cluster_progress: cluster_progress(p).into(),
                         message: match p {
@@ -390,7 +398,7 @@ pub fn rollout(state: &State, r: &fleet_core::rollout::Rollout, now_ms: u64) -> 
                             }
                             Some(Progress::RolledBack) => {
                                 match r.from.get(c).and_then(|f| f.as_ref()) {
-                                    Some(from) => format!("set back to {}", from.0),
+                                    Some(from) => format!("set back to {from}"),
                                     None => "its assignment removed".to_string(),
                                 }
                             }
@@ -407,7 +415,7 @@ pub fn rollout(state: &State, r: &fleet_core::rollout::Rollout, now_ms: u64) -> 
         id: r.id,
         workload: r.workload.clone(),
         environment: r.environment.clone(),
-        revision: r.revision.0.clone(),
+        revision: r.revision.to_string(),
         state: r.state.as_str().to_string(),
         rollout_state: rollout_state(r.state).into(),
         wave: r.wave,
@@ -428,7 +436,7 @@ pub fn rollout(state: &State, r: &fleet_core::rollout::Rollout, now_ms: u64) -> 
 
 pub fn promotion_plan(p: &fleet_core::promotion::PromotionPlan) -> proto::PlanResponse {
     proto::PlanResponse {
-        revision: p.revision.0.clone(),
+        revision: p.revision.to_string(),
         waves: p
             .waves
             .iter()
@@ -440,7 +448,7 @@ pub fn promotion_plan(p: &fleet_core::promotion::PromotionPlan) -> proto::PlanRe
                     .map(|c| proto::RolloutCluster {
                         cluster: c.clone(),
                         from_revision: revision_text(p.from.get(c).and_then(|f| f.as_ref())),
-                        to_revision: p.revision.0.clone(),
+                        to_revision: p.revision.to_string(),
                         progress: String::new(),
                         message: String::new(),
                         cluster_progress: proto::ClusterProgress::Unspecified.into(),

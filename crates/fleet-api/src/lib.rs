@@ -4,9 +4,10 @@
 //! - [`convert`]: the one conversion between them and fleet-core's domain types;
 //! - [`status`]: how a refusal becomes a `tonic::Status` (code, message, hint metadata), and
 //!   how a client reads the hint back;
-//! - [`limits`]: the size limits of the wire.
+//! - [`limits`]: the size limits of the wire;
+//! - [`tasks`]: named tokio tasks, as both sides of the wire (coordinator and agent) spawn them.
 //!
-//! It depends on fleet-core, prost and tonic only, so a client (fleet-ctl, other tooling in
+//! It depends on fleet-core, prost, tonic, tokio and tracing only, so a client (fleet-ctl, other tooling in
 //! Rust) links the wire without the coordinator's storage and consensus.
 
 pub mod proto {
@@ -18,3 +19,4 @@ pub mod address;
 pub mod convert;
 pub mod limits;
 pub mod status;
+pub mod tasks;

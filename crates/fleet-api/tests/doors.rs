@@ -80,8 +80,170 @@ fn no_status_is_built_outside_fleet_api_status() {
     }
     assert!(
         found.is_empty(),
-        "build statuses with fleet_api::status::with_hint, or map an error type in fleet-node's \
+        "build statuses with fleet_api::status::with_hint, or map an error type in fleet-coordinator's \
          convert.rs:\n{}",
+        found.join("\n")
+    );
+}
+
+/// The `.rs` files under `crates/NAME/src` of every crate, and `chaos-tests/src`.
+fn workspace_sources(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(root.join("crates")).unwrap() {
+        let src = entry.unwrap().path().join("src");
+        if src.is_dir() {
+            rust_files(&src, &mut files);
+        }
+    }
+    rust_files(&root.join("chaos-tests").join("src"), &mut files);
+    files
+}
+
+fn relative(root: &Path, file: &Path) -> String {
+    file.strip_prefix(root).unwrap().display().to_string()
+}
+
+#[test]
+fn proto_types_are_named_only_in_fleet_api_and_the_grpc_modules() {
+    // ARCHITECTURE.md: behind the wire, the coordinator and the agent work with fleet-core's
+    // types; a proto message is named only in fleet-api, in `convert.rs`, and in the gRPC
+    // modules (the coordinator's `grpc/`, the agent's `grpc.rs`). fleet-core, fleet-disk and
+    // the fleet-node binary name none. (fleet-ctl, the harness, the benchmarks and the chaos
+    // suite are gRPC clients as a whole and are not checked.)
+    let root = workspace();
+    let checked = [
+        "crates/fleet-core/",
+        "crates/fleet-disk/",
+        "crates/fleet-node/",
+        "crates/fleet-coordinator/",
+        "crates/fleet-agent/",
+    ];
+    let allowed = [
+        "crates/fleet-coordinator/src/grpc/",
+        "crates/fleet-coordinator/src/convert.rs",
+        "crates/fleet-agent/src/grpc.rs",
+    ];
+    let mut seen = 0;
+    let mut found = Vec::new();
+    for file in workspace_sources(&root) {
+        let name = relative(&root, &file);
+        if !checked.iter().any(|c| name.starts_with(c)) {
+            continue;
+        }
+        seen += 1;
+        if allowed.iter().any(|a| name.starts_with(a)) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap();
+            if code.contains("proto::") || code.contains("fleet_api::proto") {
+                found.push(format!("{name}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(seen > 30, "checked only {seen} files");
+    assert!(
+        found.is_empty(),
+        "convert at the edge (fleet_api::convert, the crate's grpc module) and pass domain \
+         types in:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn every_limit_constant_is_defined_in_a_limits_module() {
+    // ARCHITECTURE.md: "every limit is named once, in its crate's `limits.rs`". A limit is a
+    // constant named MAX_* or MIN_*; other modules re-export the ones they enforce.
+    let root = workspace();
+    let mut found = Vec::new();
+    let mut limits_files = 0;
+    for file in workspace_sources(&root) {
+        let name = relative(&root, &file);
+        if file.file_name().is_some_and(|f| f == "limits.rs") {
+            limits_files += 1;
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.trim_start();
+            let code = code
+                .strip_prefix("pub(crate) ")
+                .or_else(|| code.strip_prefix("pub "))
+                .unwrap_or(code);
+            if code.starts_with("const MAX_") || code.starts_with("const MIN_") {
+                found.push(format!("{name}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(limits_files >= 4, "found {limits_files} limits modules");
+    assert!(
+        found.is_empty(),
+        "define limits in the crate's limits.rs (and re-export them where they are enforced):\n{}",
+        found.join("\n")
+    );
+}
+
+/// A declaration in a .proto file that must carry a comment: a service, an rpc, a field, an
+/// enum value, and a message or enum (a `*Request`/`*Response` message is described by its
+/// rpc's comment).
+fn must_be_commented(line: &str) -> bool {
+    let t = line.trim();
+    let word = |w: &str| t.starts_with(w) && t[w.len()..].starts_with(' ');
+    if word("service") || word("rpc") || word("enum") {
+        return true;
+    }
+    if word("message") {
+        let name = t["message".len()..]
+            .trim()
+            .split([' ', '{'])
+            .next()
+            .unwrap_or("");
+        return !(name.ends_with("Request") || name.ends_with("Response"));
+    }
+    // `TYPE name = N;`, `repeated TYPE name = N;`, `map<K, V> name = N;`, `NAME = N;`.
+    if t.starts_with("//") || t.starts_with("option") || t.starts_with("reserved") {
+        return false;
+    }
+    t.ends_with(';') && t.contains(" = ") && !t.starts_with("syntax") && !t.starts_with("package")
+}
+
+#[test]
+fn every_proto_service_rpc_message_field_and_enum_value_is_commented() {
+    // ARCHITECTURE.md: "every RPC and field of proto/ has a comment" (units, limits, what empty
+    // means): the .proto files are the API's reference for other tooling.
+    let root = workspace();
+    let dir = root.join("proto/fleet/v1");
+    let mut found = Vec::new();
+    let mut declarations = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let file = entry.unwrap().path();
+        if file.extension().is_none_or(|e| e != "proto") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (n, line) in lines.iter().enumerate() {
+            if !must_be_commented(line) {
+                continue;
+            }
+            declarations += 1;
+            let trailing = line.contains("//");
+            let above = n > 0 && lines[n - 1].trim().starts_with("//");
+            if !trailing && !above {
+                found.push(format!(
+                    "{}:{}: {}",
+                    relative(&root, &file),
+                    n + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(declarations > 300, "found only {declarations} declarations");
+    assert!(
+        found.is_empty(),
+        "comment these (units, limits, what empty or 0 means):\n{}",
         found.join("\n")
     );
 }

@@ -58,3 +58,34 @@ pub const MAX_RAFT_TERM: u64 = 1 << 63;
 /// Most a Raft message's term may lie above the receiver's current term. Each election adds
 /// one; a term further ahead than a million elections comes from no real peer.
 pub const MAX_RAFT_TERM_STEP: u64 = 1 << 20;
+
+// Rollouts (`rollout`).
+/// Longest soak a pipeline may ask for (7 days).
+pub const MAX_SOAK_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Most freeze windows in the fleet.
+pub const MAX_FREEZES: usize = 256;
+/// Most approvals an environment may require.
+pub const MAX_REQUIRED_APPROVALS: u32 = 16;
+/// Desired revisions remembered per workload and environment (for rollback targets).
+pub const MAX_HISTORY_PER_ENVIRONMENT: usize = 100;
+/// Finished rollouts kept per workload and environment.
+pub const MAX_FINISHED_ROLLOUTS_KEPT: usize = 20;
+/// Most clusters one planner step names (rules 2 on): more wait for the next tick. With
+/// [`MAX_WHY_CHARS`] this keeps a step far below the coordinator's 2 MiB log entry.
+pub const MAX_CLUSTERS_PER_STEP: usize = 1000;
+/// Longest reason kept per cluster in a step, in characters.
+pub const MAX_WHY_CHARS: usize = 256;
+/// Clusters a halt's reason lists by name (rules 2 on); the rest are counted.
+pub const MAX_CLUSTERS_IN_REASON: usize = 20;
+
+// Renders (`render`).
+/// Most files one render may hold.
+pub const MAX_RENDER_FILES: usize = 10_000;
+/// Largest single file of a render.
+pub const MAX_RENDER_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// Largest render in total.
+pub const MAX_RENDER_BYTES: u64 = 256 * 1024 * 1024;
+
+// Manifests (`manifest`).
+/// Most objects one workload may hold.
+pub const MAX_MANIFEST_OBJECTS: usize = 10_000;

@@ -10,11 +10,10 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::error::CoreError;
+pub use crate::limits::MAX_MANIFEST_OBJECTS;
 use crate::model::HealthState;
 use crate::render::{Render, RenderPath};
 
-/// Most objects one workload may hold.
-pub const MAX_MANIFEST_OBJECTS: usize = 10_000;
 /// The label naming the workload an object belongs to. Prune deletes only objects carrying it
 /// with the workload's name.
 pub const OWNER_LABEL: &str = "fleet.dev/workload";

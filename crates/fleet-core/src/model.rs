@@ -8,10 +8,39 @@ use serde::{Deserialize, Serialize};
 /// Milliseconds since the Unix epoch, as given in the [`crate::Context`] of a command.
 pub type TimeMs = u64;
 
-/// A full 40-hex Git commit SHA in lowercase. Only [`crate::validate::revision`] makes one
-/// from user input.
+/// A full 40-hex Git commit SHA in lowercase. Made only by parsing:
+/// [`crate::validate::revision`] (or `str::parse`), which refuses anything else; read back
+/// from the log and snapshots as stored (every stored one was parsed when it came in).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Revision(pub String);
+#[serde(transparent)]
+pub struct Revision(String);
+
+impl Revision {
+    /// Made by [`crate::validate::revision_in`] only, after its checks.
+    pub(crate) fn checked(lowercase_hex40: String) -> Self {
+        Revision(lowercase_hex40)
+    }
+
+    /// The 40 lowercase hex digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Revision {
+    type Err = crate::CoreError;
+
+    /// [`crate::validate::revision`]: 40 hex digits, any case, stored in lowercase.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        crate::validate::revision(value)
+    }
+}
+
+impl PartialEq<str> for Revision {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
 
 impl fmt::Display for Revision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -62,7 +62,7 @@ impl State {
         let promote = Command::Promote {
             workload: workload.to_string(),
             environment: environment.to_string(),
-            revision: Some(revision.0.clone()),
+            revision: Some(revision.to_string()),
             allow_rejected: false,
             override_freeze: false,
         };
@@ -683,8 +683,8 @@ impl State {
                     Outcome::RolledBack {
                         workload: workload.clone(),
                         environment: environment.clone(),
-                        revision: target.0.clone(),
-                        rejected: bad.0.clone(),
+                        revision: target.to_string(),
+                        rejected: bad.to_string(),
                         clusters: changed,
                     },
                     summary,
@@ -992,7 +992,7 @@ fn rollout_outcome(r: &Rollout, clusters: Vec<String>) -> Outcome {
         workload: r.workload.clone(),
         environment: r.environment.clone(),
         rollout: r.id,
-        revision: r.revision.0.clone(),
+        revision: r.revision.to_string(),
         state: r.state,
         clusters,
     }

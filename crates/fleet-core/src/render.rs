@@ -15,13 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::CoreError;
 use crate::limits::MAX_SYMLINK_FOLLOWS;
-
-/// Most files one render may hold.
-pub const MAX_RENDER_FILES: usize = 10_000;
-/// Largest single file of a render.
-pub const MAX_RENDER_FILE_BYTES: u64 = 16 * 1024 * 1024;
-/// Largest render in total.
-pub const MAX_RENDER_BYTES: u64 = 256 * 1024 * 1024;
+pub use crate::limits::{MAX_RENDER_BYTES, MAX_RENDER_FILE_BYTES, MAX_RENDER_FILES};
 
 /// How a rendered file is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -14,26 +14,20 @@ use serde::{Deserialize, Serialize};
 use crate::command::Command;
 use crate::error::CoreError;
 use crate::limits::STATUS_REFRESH_MS;
+pub use crate::limits::{
+    MAX_CLUSTERS_IN_REASON, MAX_CLUSTERS_PER_STEP, MAX_FINISHED_ROLLOUTS_KEPT, MAX_FREEZES,
+    MAX_HISTORY_PER_ENVIRONMENT, MAX_REQUIRED_APPROVALS, MAX_SOAK_MS, MAX_WHY_CHARS,
+};
 use crate::model::{HealthState, Revision, SyncState, TimeMs};
 use crate::state::State;
 
 /// Default time a revision must stay applied and Healthy before it counts as verified.
 pub const DEFAULT_SOAK_MS: u64 = 60_000;
-/// Longest soak a pipeline may ask for (7 days).
-pub const MAX_SOAK_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Default time after which an unreachable cluster counts against the failure budget.
 pub const DEFAULT_UNREACHABLE_TIMEOUT_MS: u64 = 5 * 60_000;
 /// A cluster whose agent has committed no report for this long is shown as unreachable (an
 /// agent that is alive commits at least every [`STATUS_REFRESH_MS`]).
 pub const UNREACHABLE_AFTER_MS: u64 = 2 * STATUS_REFRESH_MS;
-/// Most freeze windows in the fleet.
-pub const MAX_FREEZES: usize = 256;
-/// Most approvals an environment may require.
-pub const MAX_REQUIRED_APPROVALS: u32 = 16;
-/// Desired revisions remembered per workload and environment (for rollback targets).
-pub const MAX_HISTORY_PER_ENVIRONMENT: usize = 100;
-/// Finished rollouts kept per workload and environment.
-pub const MAX_FINISHED_ROLLOUTS_KEPT: usize = 20;
 /// Default time an updated cluster has to become Healthy before it counts as failed (Argo
 /// Rollouts' `progressDeadlineSeconds` defaults to the same 10 minutes).
 pub const DEFAULT_PROGRESS_DEADLINE_MS: u64 = 10 * 60_000;
@@ -43,14 +37,6 @@ pub const DEFAULT_PROGRESS_DEADLINE_MS: u64 = 10 * 60_000;
 /// A rollout started by an older entry keeps the rules it started under (see [`Rollout::rules`]),
 /// so a log replayed by this build reaches the state that was acknowledged.
 pub const ROLLOUT_RULES_V2: u32 = 2;
-
-/// Most clusters one planner step names (rules 2 on): more wait for the next tick. With
-/// [`MAX_WHY_CHARS`] this keeps a step far below the coordinator's 2 MiB log entry.
-pub const MAX_CLUSTERS_PER_STEP: usize = 1000;
-/// Longest reason kept per cluster in a step, in characters.
-pub const MAX_WHY_CHARS: usize = 256;
-/// Clusters a halt's reason lists by name (rules 2 on); the rest are counted.
-pub const MAX_CLUSTERS_IN_REASON: usize = 20;
 
 fn default_progress_deadline_ms() -> u64 {
     DEFAULT_PROGRESS_DEADLINE_MS
@@ -313,13 +299,13 @@ pub fn cluster_progress(
             Progress::Updating
         };
     };
-    let about_it = r.report.desired_revision == revision.0;
+    let about_it = r.report.desired_revision == *revision.as_str();
     if about_it && r.report.sync == SyncState::Failed {
         return Progress::Failed {
             why: r.report.error.clone(),
         };
     }
-    if r.report.applied_revision == revision.0 && r.report.health == HealthState::Degraded {
+    if r.report.applied_revision == *revision.as_str() && r.report.health == HealthState::Degraded {
         return Progress::Failed {
             why: "Degraded".into(),
         };
@@ -327,7 +313,10 @@ pub fn cluster_progress(
     if silent_ms >= UNREACHABLE_AFTER_MS {
         return Progress::Unreachable { silent_ms };
     }
-    match (r.report.applied_revision == revision.0, r.healthy_since_ms) {
+    match (
+        r.report.applied_revision == *revision.as_str(),
+        r.healthy_since_ms,
+    ) {
         (true, Some(since_ms)) => Progress::Healthy { since_ms },
         _ => Progress::Updating,
     }
@@ -800,7 +789,7 @@ pub fn gate_failures(
             continue;
         };
         let rep = &r.report;
-        if rep.applied_revision != revision.0 {
+        if rep.applied_revision != revision.as_str() {
             let applied = if rep.applied_revision.is_empty() {
                 "nothing".to_string()
             } else {
@@ -839,7 +828,7 @@ pub fn gate_failures(
 }
 
 pub fn short(revision: &Revision) -> String {
-    revision.0.chars().take(12).collect()
+    revision.as_str().chars().take(12).collect()
 }
 
 /// Checks a pipeline against the fleet: its environments exist and, when waves are by site,

@@ -216,7 +216,7 @@ impl State {
                     return Err(CoreError::FailedPrecondition {
                         message: format!(
                             "{} was rolled back in {first} and is rejected there",
-                            revision.0
+                            revision
                         ),
                         hint: "publish it anyway with --allow-rejected (audited), or publish a fix"
                             .into(),
@@ -474,7 +474,7 @@ impl State {
                 (
                     Outcome::ReleasePublished {
                         workload: workload.clone(),
-                        revision: revision.0.clone(),
+                        revision: revision.to_string(),
                         environment,
                         clusters: changed,
                     },

@@ -496,7 +496,7 @@ pub fn revision_in(field: &str, value: &str) -> Result<Revision, CoreError> {
             hint,
         ));
     }
-    Ok(Revision(value.to_ascii_lowercase()))
+    Ok(Revision::checked(value.to_ascii_lowercase()))
 }
 
 /// Text that stays on one line, with a length limit: actors and reasons. Every control

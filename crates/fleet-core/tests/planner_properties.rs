@@ -181,7 +181,7 @@ impl Sim {
             .ok()?
             .into_iter()
             .find(|a| a.workload == "web")
-            .map(|a| a.revision.0.clone())
+            .map(|a| a.revision.to_string())
     }
 
     fn production(&self) -> Vec<String> {
@@ -437,9 +437,7 @@ fn check(case: Case) -> Result<(), TestCaseError> {
         }
         if !r.state.is_active() {
             let production = sim.production();
-            let desired = sim.state.workload("web").unwrap().desired["production"]
-                .0
-                .clone();
+            let desired = sim.state.workload("web").unwrap().desired["production"].to_string();
             let failing: Vec<&String> = production
                 .iter()
                 .filter(|c| sim.outcomes[*c].fails())

@@ -117,7 +117,7 @@ impl Fleet {
             .unwrap()
             .into_iter()
             .find(|a| a.workload == "web")
-            .map(|a| a.revision.0.clone())
+            .map(|a| a.revision.to_string())
     }
 
     fn report(&mut self, cluster: &str, applied: &str, sync: SyncState, health: HealthState) {
@@ -344,7 +344,10 @@ fn waves_follow_the_site_order_and_each_waits_for_the_previous_soak() {
     f.settle();
     assert_eq!(f.rollout_state(), RolloutState::Succeeded);
     assert_eq!(f.updates, ["prod-oslo", "prod-bergen", "prod-stavanger"]);
-    assert_eq!(f.state.workload("web").unwrap().desired["production"].0, B);
+    assert_eq!(
+        f.state.workload("web").unwrap().desired["production"].as_str(),
+        B
+    );
     f.state.verify_audit().unwrap();
     let steps = f
         .state
@@ -418,7 +421,7 @@ fn a_failure_over_the_budget_halts_rolls_back_and_the_revision_is_never_selected
         f.state
             .rejected("web", "production")
             .unwrap()
-            .contains(&fleet_core::Revision(B.into()))
+            .contains(&B.parse::<fleet_core::Revision>().unwrap())
     );
     assert_eq!(
         f.updates,
@@ -499,7 +502,10 @@ fn a_failure_within_the_budget_is_set_aside_and_the_rollout_ends_naming_the_fail
     for c in ["p1a", "p1b", "p2"] {
         assert_eq!(f.assigned(c).as_deref(), Some(B), "{c}");
     }
-    assert_eq!(f.state.workload("web").unwrap().desired["production"].0, B);
+    assert_eq!(
+        f.state.workload("web").unwrap().desired["production"].as_str(),
+        B
+    );
     let progress = fleet_core::rollout::rollout_progress(&f.state, &r, f.now);
     assert_eq!(progress[0].0, "p1a");
     assert_eq!(progress[0].1.label(), "set_aside");
@@ -729,7 +735,7 @@ fn a_cluster_removed_mid_rollout_leaves_it_and_can_join_again() {
     assert!(!f.rollout().updated.contains("prod-oslo"));
     f.register("prod-oslo", "oslo");
     assert_eq!(
-        f.rollout().from["prod-oslo"].as_ref().map(|r| r.0.as_str()),
+        f.rollout().from["prod-oslo"].as_ref().map(|r| r.as_str()),
         Some(A),
         "from what production ran when it registered"
     );
@@ -963,7 +969,7 @@ fn history_answers_what_a_cluster_ran_at_any_time() {
             .unwrap()
             .assigned
             .get("web")
-            .map(|c| c.revision.clone().unwrap().0)
+            .map(|c| c.revision.clone().unwrap().to_string())
     };
     assert_eq!(at(&f, 0), None, "before its first assignment");
     assert_eq!(at(&f, before_b).as_deref(), Some(A));
@@ -973,7 +979,7 @@ fn history_answers_what_a_cluster_ran_at_any_time() {
     let revisions: Vec<&str> = h
         .changes
         .iter()
-        .map(|c| c.revision.as_ref().unwrap().0.as_str())
+        .map(|c| c.revision.as_ref().unwrap().as_str())
         .collect();
     assert_eq!(revisions, [A, B, A]);
     // Each change points at the audit event of the command that made it.

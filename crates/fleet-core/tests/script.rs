@@ -39,7 +39,7 @@ fn run(script: &str) {
                         row.workload.as_deref().unwrap_or("-"),
                         row.desired_revision.map_or("-".to_string(), |r| format!(
                             "{}@v{}",
-                            &r.0[..7],
+                            &r.as_str()[..7],
                             row.assignment_version.unwrap()
                         )),
                     ));

@@ -43,6 +43,8 @@ fn fleet_ctl_links_neither_storage_nor_consensus_nor_a_kubernetes_client() {
     );
     for banned in [
         "fleet-node",
+        "fleet-coordinator",
+        "fleet-agent",
         "sled",
         "openraft",
         "kube",
@@ -61,6 +63,8 @@ fn fleet_api_links_the_domain_and_the_wire_only() {
     let tree = normal_dependencies("fleet-api");
     for banned in [
         "fleet-node",
+        "fleet-coordinator",
+        "fleet-agent",
         "sled",
         "openraft",
         "kube",
@@ -68,6 +72,29 @@ fn fleet_api_links_the_domain_and_the_wire_only() {
         "gix",
     ] {
         assert!(!tree.contains(banned), "fleet-api depends on {banned}");
+    }
+}
+
+#[test]
+fn the_agent_links_no_consensus_or_storage_and_the_coordinator_no_git_or_kubernetes_client() {
+    // ARCHITECTURE.md: the agent talks to the coordinators over the wire only; the coordinator
+    // never reads Git or talks to a Kubernetes API server.
+    let agent = normal_dependencies("fleet-agent");
+    for banned in [
+        "fleet-coordinator",
+        "sled",
+        "openraft",
+        "etcd-client",
+        "fail",
+    ] {
+        assert!(!agent.contains(banned), "fleet-agent depends on {banned}");
+    }
+    let coordinator = normal_dependencies("fleet-coordinator");
+    for banned in ["fleet-agent", "gix", "kube", "k8s-openapi", "etcd-client"] {
+        assert!(
+            !coordinator.contains(banned),
+            "fleet-coordinator depends on {banned}"
+        );
     }
 }
 

@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+pub mod limits;
+pub use crate::limits::MAX_RECORDED_LATENCY;
+
 /// etcd's rule: the WAL disk's fdatasync p99 must stay under 10 ms.
 pub const FDATASYNC_P99_LIMIT: Duration = Duration::from_millis(10);
 /// fio's block size in the etcd check: about the size of one etcd WAL entry.
 pub const ETCD_BLOCK_SIZE: usize = 2300;
 /// fio's file size in the etcd check: 22 MiB.
 pub const ETCD_CHECK_SIZE: u64 = 22 * 1024 * 1024;
-/// Largest latency a histogram records; longer ones are clamped to it.
-pub const MAX_RECORDED_LATENCY: Duration = Duration::from_secs(60);
 
 /// A latency histogram in microseconds, two significant digits (1% resolution).
 pub fn latency_histogram() -> Histogram<u64> {

@@ -10,10 +10,10 @@ use std::time::Duration;
 use fleet_core::Command;
 use fleet_core::rollout::Pipeline;
 
-use crate::agent::{AgentConfig, TargetSpec};
-use crate::coordinator::Coordinator;
-use crate::error::NodeError;
-use crate::tasks::spawn_named;
+use fleet_agent::{AgentConfig, TargetSpec};
+use fleet_api::tasks::spawn_named;
+use fleet_coordinator::coordinator::Coordinator;
+use fleet_coordinator::error::NodeError;
 
 /// The demo clusters: name, site, environment.
 pub const CLUSTERS: [(&str, &str, &str); 4] = [
@@ -141,7 +141,7 @@ pub fn start_agents(endpoint: &str, roots: &Path, state: &Path) {
             resync_interval: Duration::from_secs(10),
         };
         spawn_named("demo-agent", async move {
-            if let Err(error) = crate::agent::run(config, std::future::pending()).await {
+            if let Err(error) = fleet_agent::run(config, std::future::pending()).await {
                 tracing::error!(%error, "demo agent stopped");
             }
         });

@@ -8,8 +8,11 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use fleet_node::coordinator::{self, CoordinatorConfig, Start};
-use fleet_node::demo::{self, DemoPaths};
+use fleet_coordinator::serve::{self, CoordinatorConfig, Start};
+
+use crate::demo::DemoPaths;
+
+mod demo;
 
 #[derive(Parser)]
 #[command(name = "fleet-node", version, about = "fleet coordinator node")]
@@ -38,7 +41,7 @@ struct AgentArgs {
     endpoints: Vec<String>,
     /// Where to apply: `files:ROOT` writes each workload under ROOT/<workload>/.
     #[arg(long, value_parser = parse_target)]
-    target: fleet_node::agent::TargetSpec,
+    target: fleet_agent::TargetSpec,
     /// The agent's own directory: cached assignments, renders, Git repositories, inventory.
     #[arg(long)]
     state_dir: PathBuf,
@@ -47,12 +50,12 @@ struct AgentArgs {
     resync_interval: std::time::Duration,
 }
 
-fn parse_target(value: &str) -> Result<fleet_node::agent::TargetSpec, String> {
+fn parse_target(value: &str) -> Result<fleet_agent::TargetSpec, String> {
     match value.split_once(':') {
         Some(("files", root)) if !root.is_empty() => {
-            Ok(fleet_node::agent::TargetSpec::Files(root.into()))
+            Ok(fleet_agent::TargetSpec::Files(root.into()))
         }
-        _ if value == "kubernetes" => Ok(fleet_node::agent::TargetSpec::Kubernetes),
+        _ if value == "kubernetes" => Ok(fleet_agent::TargetSpec::Kubernetes),
         _ => Err(format!(
             "{value:?} is not a target; use files:ROOT (e.g. files:/srv/fleet) or kubernetes"
         )),
@@ -122,7 +125,7 @@ struct Tuning {
     handover_dwell_ms: u64,
     /// A node whose clock is further than this from the median of the voters' clocks does not
     /// lead or stamp times (judged once at least 3 clocks can be compared).
-    #[arg(long, default_value_t = fleet_node::clock::DEFAULT_MAX_CLOCK_OFFSET_MS,
+    #[arg(long, default_value_t = fleet_coordinator::clock::DEFAULT_MAX_CLOCK_OFFSET_MS,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     max_clock_offset_ms: u64,
     /// Serve RaftService.SetFailpoint, for tests and chaos runs. Never in production.
@@ -156,13 +159,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     // Fault injection from the environment: FAILPOINTS="log-flush=return" (see store.rs), in
-    // a test build only (feature `failpoints`, which fleet-testkit turns on).
-    #[cfg(feature = "failpoints")]
-    let _failpoints = fail::FailScenario::setup();
-    #[cfg(not(feature = "failpoints"))]
-    if std::env::var_os("FAILPOINTS").is_some() {
-        tracing::warn!("FAILPOINTS is ignored: this build has no failpoints (only test builds do)");
-    }
+    // a test build only (fleet-coordinator's feature `failpoints`, which fleet-testkit turns on).
+    let _failpoints = fleet_coordinator::failpoints_from_env();
     let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
     runtime.block_on(async {
         match cli.command {
@@ -187,14 +185,14 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     if args.resync_interval < std::time::Duration::from_millis(100) {
         anyhow::bail!("--resync-interval must be at least 100ms");
     }
-    let config = fleet_node::agent::AgentConfig {
+    let config = fleet_agent::AgentConfig {
         cluster: args.cluster,
         endpoints: args.endpoints,
         target: args.target,
         state_dir: args.state_dir,
         resync_interval: args.resync_interval,
     };
-    fleet_node::agent::run(config, shutdown_signal()).await?;
+    fleet_agent::run(config, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -220,7 +218,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     config.guard.enabled = args.tuning.disk_aware_leadership;
     config.guard.sustain_s = args.tuning.stall_sustain_s as usize;
     config.guard.dwell = std::time::Duration::from_millis(args.tuning.handover_dwell_ms);
-    if args.tuning.allow_failpoint_rpc && !cfg!(feature = "failpoints") {
+    if args.tuning.allow_failpoint_rpc && !fleet_coordinator::HAS_FAILPOINTS {
         anyhow::bail!(
             "--allow-failpoint-rpc: this build has no failpoints; it is for test builds (any \
              build that includes fleet-testkit)"
@@ -228,7 +226,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     }
     config.allow_failpoint_rpc = args.tuning.allow_failpoint_rpc;
     config.max_clock_offset_ms = args.tuning.max_clock_offset_ms;
-    coordinator::run(config, shutdown_signal(), |_| async { Ok(()) }).await?;
+    serve::run(config, shutdown_signal(), |_| async { Ok(()) }).await?;
     Ok(())
 }
 
@@ -243,7 +241,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let metrics = args.metrics_listen;
     let listen = args.listen;
     let paths = DemoPaths::new(&args.data_dir, &args.roots);
-    coordinator::run(config, shutdown_signal(), move |c| async move {
+    serve::run(config, shutdown_signal(), move |c| async move {
         demo::seed(&c, &paths.repository).await?;
         demo::start_agents(&listen.to_string(), &paths.roots, &paths.agent_state);
         eprintln!(

@@ -6,9 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{add_site, client, register};
+use fleet_api::proto::fleet_service_client::FleetServiceClient;
+use fleet_api::proto::*;
 use fleet_api::status::HINT_METADATA;
-use fleet_node::proto::fleet_service_client::FleetServiceClient;
-use fleet_node::proto::*;
 use fleet_testkit::ProcessCluster;
 use tonic::Code;
 use tonic::transport::Channel;

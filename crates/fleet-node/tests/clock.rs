@@ -9,8 +9,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fleet_node::proto::promotion_service_client::PromotionServiceClient;
-use fleet_node::proto::{
+use fleet_api::proto::promotion_service_client::PromotionServiceClient;
+use fleet_api::proto::{
     AddFreezeRequest, CreateWorkloadRequest, ListAuditEventsRequest, PublishReleaseRequest,
     ReadConsistency,
 };

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::{add_site, client, register};
-use fleet_node::proto::{DiskHealth, GetCoordinatorStatusRequest};
+use fleet_api::proto::{DiskHealth, GetCoordinatorStatusRequest};
 use fleet_testkit::{ProcessCluster, free_port};
 
 async fn disk_once_sampled(address: &str) -> DiskHealth {

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{add_site, assert_has_all, client, register};
-use fleet_node::proto::ReadConsistency;
-use fleet_node::store::EXIT_STORAGE_FAILURE;
+use fleet_api::proto::ReadConsistency;
+use fleet_coordinator::store::EXIT_STORAGE_FAILURE;
 use fleet_testkit::ProcessCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{add_site, client, register};
-use fleet_node::proto::{ListAuditEventsRequest, ReadConsistency};
+use fleet_api::proto::{ListAuditEventsRequest, ReadConsistency};
 use fleet_testkit::{ProcessCluster, set_failpoint};
 
 /// Registers clusters through `address` until `stop`, except while `paused`, counting

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{add_site, client, cluster_names, register};
-use fleet_node::proto::{AddCoordinatorRequest, ReadConsistency, RemoveCoordinatorRequest};
+use fleet_api::proto::{AddCoordinatorRequest, ReadConsistency, RemoveCoordinatorRequest};
 use fleet_testkit::ProcessCluster;
 use nix::sys::signal::Signal;
 

@@ -124,7 +124,7 @@ async fn a_format_0_data_dir_is_read_and_its_audit_chain_verifies_after_a_comman
     assert_eq!(events[FIXTURE_EVENTS as usize - 1]["hash"], FIXTURE_HEAD);
     cluster.node(1).terminate(Duration::from_secs(10));
     {
-        let db = fleet_node::store::open_db(&data_dir).unwrap();
+        let db = fleet_coordinator::store::open_db(&data_dir).unwrap();
         let snapshot = db
             .open_tree("snapshot")
             .unwrap()
@@ -133,7 +133,7 @@ async fn a_format_0_data_dir_is_read_and_its_audit_chain_verifies_after_a_comman
             .unwrap();
         assert_eq!(
             snapshot[0],
-            fleet_node::store::STORE_FORMAT,
+            fleet_coordinator::store::STORE_FORMAT,
             "the snapshot was rebuilt in this build's format"
         );
     }

@@ -8,10 +8,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{add_site, client};
-use fleet_node::coordinator::EXIT_RAFT_FATAL;
-use fleet_node::proto::RaftPayload;
-use fleet_node::proto::raft_service_client::RaftServiceClient;
-use fleet_node::types::TypeConfig;
+use fleet_api::proto::RaftPayload;
+use fleet_api::proto::raft_service_client::RaftServiceClient;
+use fleet_coordinator::serve::EXIT_RAFT_FATAL;
+use fleet_coordinator::types::TypeConfig;
 use fleet_testkit::ProcessCluster;
 use openraft::Vote;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
@@ -144,7 +144,7 @@ async fn a_stored_vote_with_an_impossible_term_is_refused_at_start_with_the_way_
     cluster.node(1).kill();
     {
         // As a node that accepted such a vote before terms were capped would have stored it.
-        let db = fleet_node::store::open_db(&cluster.node(1).data_dir).unwrap();
+        let db = fleet_coordinator::store::open_db(&cluster.node(1).data_dir).unwrap();
         let meta = db.open_tree("meta").unwrap();
         meta.insert(
             "vote",

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{add_site, assert_has_all, client, cluster_names, register};
-use fleet_node::proto::{ListAuditEventsRequest, ReadConsistency};
+use fleet_api::proto::{ListAuditEventsRequest, ReadConsistency};
 use fleet_testkit::{ProcessCluster, set_failpoint};
 
 /// Writes `names` through `address`, returning the names acknowledged and the highest index.

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{add_site, assert_has_all, client, cluster_names, register};
-use fleet_node::proto::ReadConsistency;
+use fleet_api::proto::ReadConsistency;
 use fleet_testkit::ProcessCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,10 +38,16 @@ pub fn sibling_binary(name: &str) -> PathBuf {
 }
 
 /// Spawns `command` with stdout and stderr into a new file at `log_path`, no stdin, and the
-/// log filter from `FLEET_NODE_LOG`.
+/// log filter from `FLEET_NODE_LOG`. Backtraces are off unless `FLEET_NODE_BACKTRACE` is set:
+/// a test's `RUST_BACKTRACE=1` would otherwise fill the log tail printed on failure with an
+/// error's backtrace and push the error itself out of it.
 fn spawn_logged(command: &mut Command, log_path: &Path) -> Child {
     let log = File::create(log_path).expect("create process log");
     command
+        .env(
+            "RUST_BACKTRACE",
+            std::env::var("FLEET_NODE_BACKTRACE").unwrap_or_else(|_| "0".into()),
+        )
         .env(
             "RUST_LOG",
             std::env::var("FLEET_NODE_LOG")
@@ -456,14 +462,15 @@ impl ProcessCluster {
         let deadline = Instant::now() + timeout;
         loop {
             let leader = self.wait_for_leader(timeout).await;
-            if let Some(s) = self.status(leader).await
-                && s.members.iter().filter(|m| m.voter).count() == count
+            let members = self.status(leader).await.map(|s| s.members);
+            if let Some(members) = &members
+                && members.iter().filter(|m| m.voter).count() == count
             {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{count} voters not reached within {timeout:?}"
+                "{count} voters not reached within {timeout:?}; leader {leader} knows {members:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use fleet_node::proto::fleet_service_client::FleetServiceClient;
-use fleet_node::proto::*;
+use fleet_api::proto::fleet_service_client::FleetServiceClient;
+use fleet_api::proto::*;
 use fleet_testkit::connect;
 use tonic::transport::Channel;
 

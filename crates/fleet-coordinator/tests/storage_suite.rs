@@ -1,7 +1,7 @@
 //! openraft's own storage conformance suite, run against the sled store on a temp dir.
 
-use fleet_node::store::{LogStore, StateMachineStore, open_db};
-use fleet_node::types::{StorageError, TypeConfig};
+use fleet_coordinator::store::{LogStore, StateMachineStore, open_db};
+use fleet_coordinator::types::{StorageError, TypeConfig};
 use openraft::testing::{StoreBuilder, Suite};
 use tempfile::TempDir;
 

@@ -192,21 +192,21 @@ impl KubeTarget {
         }
     }
 
-    fn save_inventory(&self, workload: &str, refs: &BTreeSet<ObjectRef>) -> Result<(), AgentError> {
-        let path = self.inventory_path(workload);
-        if refs.is_empty() {
-            return match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::Target(
-                    format!("remove {}: {e}", path.display()),
-                )),
-                _ => Ok(()),
-            };
-        }
-        std::fs::create_dir_all(&self.inventory_dir).map_err(|e| {
-            AgentError::Target(format!("create {}: {e}", self.inventory_dir.display()))
-        })?;
-        let bytes = serde_json::to_vec(refs).expect("object refs serialise");
-        write_atomic(&path, &bytes, FileKind::Regular)
+    /// Saves the inventory of `workload` (fsynced; removed when empty), on a blocking thread.
+    async fn save_inventory(
+        &self,
+        workload: &str,
+        refs: &BTreeSet<ObjectRef>,
+    ) -> Result<(), AgentError> {
+        let (path, dir, refs) = (
+            self.inventory_path(workload),
+            self.inventory_dir.clone(),
+            refs.clone(),
+        );
+        crate::blocking("save the inventory", move || {
+            save_inventory(&path, &dir, &refs)
+        })
+        .await
     }
 
     fn records_path(&self, workload: &str) -> PathBuf {
@@ -232,10 +232,12 @@ impl KubeTarget {
         }
     }
 
-    fn save_records(&self, workload: &str, records: &AppliedRecords) -> Result<(), AgentError> {
-        std::fs::create_dir_all(&self.records_dir).map_err(|e| {
-            AgentError::Target(format!("create {}: {e}", self.records_dir.display()))
-        })?;
+    /// Saves what was last applied for `workload` (fsynced), on a blocking thread.
+    async fn save_records(
+        &self,
+        workload: &str,
+        records: &AppliedRecords,
+    ) -> Result<(), AgentError> {
         let stored = StoredRecords {
             render_hash: records.render_hash.clone(),
             objects: records
@@ -244,8 +246,14 @@ impl KubeTarget {
                 .map(|(id, r)| (id.clone(), r.clone()))
                 .collect(),
         };
-        let bytes = serde_json::to_vec(&stored).expect("records serialise");
-        write_atomic(&self.records_path(workload), &bytes, FileKind::Regular)
+        let (path, dir) = (self.records_path(workload), self.records_dir.clone());
+        crate::blocking("save the applied records", move || {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| AgentError::Target(format!("create {}: {e}", dir.display())))?;
+            let bytes = serde_json::to_vec(&stored).expect("records serialise");
+            write_atomic(&path, &bytes, FileKind::Regular)
+        })
+        .await
     }
 
     /// The workloads with an inventory.
@@ -412,7 +420,7 @@ impl KubeTarget {
         }
         if let Some(first) = failures.first() {
             if records != loaded {
-                self.save_records(workload, &records)?;
+                self.save_records(workload, &records).await?;
             }
             outcome.error = Some(format!(
                 "{} of {} objects failed; first: {first}",
@@ -424,7 +432,7 @@ impl KubeTarget {
         records.render_hash = hash.to_string();
         records.objects.retain(|id, _| desired.contains(id));
         if records != loaded {
-            self.save_records(workload, &records)?;
+            self.save_records(workload, &records).await?;
         }
         for id in inventory.difference(&desired).cloned().collect::<Vec<_>>() {
             match self.prune_one(workload, &id).await {
@@ -439,7 +447,7 @@ impl KubeTarget {
                 }
             }
         }
-        self.save_inventory(workload, &inventory)?;
+        self.save_inventory(workload, &inventory).await?;
         Ok(outcome)
     }
 
@@ -596,7 +604,7 @@ impl KubeTarget {
         records: &mut AppliedRecords,
     ) -> Result<AppliedObject, AgentError> {
         if inventory.insert(plan.id.clone()) {
-            self.save_inventory(workload, inventory)?;
+            self.save_inventory(workload, inventory).await?;
         }
         let (live, written) = match (plan.reason, &plan.live) {
             (None, Some(live)) => (live.clone(), false),
@@ -662,9 +670,9 @@ impl KubeTarget {
                 removed.push(id.to_string());
             }
             inventory.remove(&id);
-            self.save_inventory(workload, &inventory)?;
+            self.save_inventory(workload, &inventory).await?;
         }
-        self.save_inventory(workload, &inventory)?;
+        self.save_inventory(workload, &inventory).await?;
         self.parsed.lock().expect("parsed lock").remove(workload);
         match std::fs::remove_file(self.records_path(workload)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -674,4 +682,21 @@ impl KubeTarget {
         }
         Ok(removed)
     }
+}
+
+/// Writes `refs` to `path` (creating `dir`), or removes `path` when `refs` is empty.
+fn save_inventory(path: &Path, dir: &Path, refs: &BTreeSet<ObjectRef>) -> Result<(), AgentError> {
+    if refs.is_empty() {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::Target(format!(
+                "remove {}: {e}",
+                path.display()
+            ))),
+            _ => Ok(()),
+        };
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| AgentError::Target(format!("create {}: {e}", dir.display())))?;
+    let bytes = serde_json::to_vec(refs).expect("object refs serialise");
+    write_atomic(path, &bytes, FileKind::Regular)
 }

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use fleet_agent::files::FilesTarget;
 use fleet_core::render::{FileKind, Render, RenderPath, check_render};
-use fleet_node::agent::files::FilesTarget;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
 

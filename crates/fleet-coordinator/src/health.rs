@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::store::fail_stop;
+use crate::fatal::fail_stop;
 use fleet_disk::{self as disk, ETCD_BLOCK_SIZE, FDATASYNC_P99_LIMIT, PatternFile};
 
 /// Width of one slot.

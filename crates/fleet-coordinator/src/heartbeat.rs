@@ -6,12 +6,9 @@
 //! committed report's, so on the node an agent talks to it is exact, and on every other node it
 //! is at most a minute old. Lost on restart, by design: the next report refreshes it.
 
+pub use crate::limits::MAX_HEARTBEAT_ENTRIES;
 use std::collections::HashMap;
 use std::sync::Mutex;
-
-/// Most (cluster, workload) pairs remembered; when full, the book starts over (the committed
-/// report times still bound how stale `last seen` can be).
-pub const MAX_HEARTBEAT_ENTRIES: usize = 400_000;
 
 #[derive(Default)]
 pub struct Heartbeats {

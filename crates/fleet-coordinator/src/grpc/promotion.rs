@@ -1,8 +1,8 @@
-//! `PromotionService`, and the `rollout-planner` task that advances running rollouts on the
-//! leader. The rules are fleet-core's (`fleet_core::rollout`); this is the IO around them.
+//! `PromotionService`: pipelines, approvals, promotion in waves, rollback and freeze windows.
+//! The rules are fleet-core's (`fleet_core::rollout`); the planner that advances rollouts is
+//! [`crate::planner`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use fleet_core::{Command, CoreError, Outcome};
 use tonic::{Request, Response, Status};
@@ -10,15 +10,11 @@ use tonic::{Request, Response, Status};
 use crate::convert::{self, actor, consistency, write_result};
 use crate::coordinator::{Coordinator, now_ms};
 use crate::error::NodeError;
-use crate::proto::promotion_service_server::{PromotionService, PromotionServiceServer};
-use crate::proto::*;
-use crate::service::{MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
+use fleet_api::limits::{MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
+use fleet_api::proto::promotion_service_server::{PromotionService, PromotionServiceServer};
+use fleet_api::proto::*;
 
-/// How often the leader's planner looks for rollout steps; the soak and wave timing is
-/// accurate to about this much.
-pub const PLANNER_TICK: Duration = Duration::from_secs(1);
-/// The actor of every planner step in the audit log.
-pub const PLANNER_ACTOR: &str = "planner";
+use super::Reply;
 
 pub fn promotion_server(c: Arc<Coordinator>) -> PromotionServiceServer<PromotionApi> {
     PromotionServiceServer::new(PromotionApi(c))
@@ -26,41 +22,7 @@ pub fn promotion_server(c: Arc<Coordinator>) -> PromotionServiceServer<Promotion
         .max_encoding_message_size(MAX_RESPONSE_BYTES)
 }
 
-/// On the leader, every [`PLANNER_TICK`]: plan against the applied state and propose each
-/// step. A step that went stale before it was applied is refused by the state machine and
-/// planned again on the next tick.
-pub async fn run_planner(c: Arc<Coordinator>) {
-    let mut tick = tokio::time::interval(PLANNER_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        // A skewed clock decides nothing: soaks and freezes would be judged by a wrong time.
-        if c.leader().map(|(id, _)| id) != Some(c.id) || !c.clock.may_stamp(now_ms()) {
-            continue;
-        }
-        // Never earlier than a committed time: a report stamped by the previous leader is not
-        // "in the future" of this decision.
-        let now = c.stamp_ms();
-        let steps = c.read_state(|s| fleet_core::rollout::plan(s, now));
-        for step in steps {
-            let kind = format!("{step:?}");
-            match c
-                .write(step, PLANNER_ACTOR.into(), "automatic rollout step".into())
-                .await
-            {
-                Ok((index, _)) => tracing::info!(index, step = %kind, "rollout step"),
-                Err(NodeError::Core(e)) => {
-                    tracing::debug!(error = %e, "rollout step went stale; planning again")
-                }
-                Err(error) => tracing::warn!(%error, "rollout step not committed"),
-            }
-        }
-    }
-}
-
 pub struct PromotionApi(Arc<Coordinator>);
-
-type Reply<T> = Result<Response<T>, Status>;
 
 fn optional(text: String) -> Option<String> {
     Some(text).filter(|t| !t.is_empty())

@@ -19,6 +19,7 @@
 pub mod cache;
 pub mod files;
 pub mod git;
+pub mod grpc;
 pub mod kubernetes;
 pub mod kustomize;
 
@@ -34,15 +35,12 @@ use fleet_core::render::{RenderPath, check_render, render_hash};
 use fleet_core::{Assignment, HealthState, ObjectStatus, StatusReport, SyncState};
 use thiserror::Error;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
 
-use crate::convert;
-use crate::proto::agent_service_client::AgentServiceClient;
-use crate::proto::{ReportStatusRequest, WatchAssignmentsRequest};
-use crate::tasks::spawn_named;
 use cache::{Cache, CachedRender, Held};
 use files::FilesTarget;
+use fleet_api::tasks::spawn_named;
 use git::GitCache;
+use grpc::Coordinator;
 use kubernetes::KubeTarget;
 
 #[derive(Debug, Error)]
@@ -101,6 +99,17 @@ pub struct TargetOutcome {
     pub error: Option<String>,
 }
 
+/// Runs blocking filesystem work (writes with fsync, renames, directory walks) on tokio's
+/// blocking pool, never on a runtime worker; a panic in it becomes an error naming `what`.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, AgentError> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(AgentError::Target(format!("{what} panicked: {e}"))))
+}
+
 /// A connected target.
 #[derive(Clone)]
 pub enum Target {
@@ -129,9 +138,7 @@ impl Target {
             Target::Files(files) => {
                 let (files, name, render) =
                     (files.clone(), workload.to_string(), cached.render.clone());
-                let applied = tokio::task::spawn_blocking(move || files.apply(&name, &render))
-                    .await
-                    .unwrap_or_else(|e| Err(AgentError::Target(format!("apply panicked: {e}"))))?;
+                let applied = blocking("apply", move || files.apply(&name, &render)).await?;
                 let written: BTreeSet<&RenderPath> = applied.written.iter().collect();
                 Ok(TargetOutcome {
                     objects: cached
@@ -156,9 +163,7 @@ impl Target {
         match self {
             Target::Files(files) => {
                 let files = files.clone();
-                tokio::task::spawn_blocking(move || files.workloads())
-                    .await
-                    .unwrap_or_else(|e| Err(AgentError::Target(format!("listing panicked: {e}"))))
+                blocking("listing", move || files.workloads()).await
             }
             Target::Kubernetes(kube) => kube.workloads(),
         }
@@ -168,9 +173,8 @@ impl Target {
         match self {
             Target::Files(files) => {
                 let (files, name) = (files.clone(), workload.to_string());
-                tokio::task::spawn_blocking(move || files.forget(&name))
+                blocking("pruning", move || files.forget(&name))
                     .await
-                    .unwrap_or_else(|e| Err(AgentError::Target(format!("pruning panicked: {e}"))))
                     .map(|removed| removed.iter().map(ToString::to_string).collect())
             }
             Target::Kubernetes(kube) => kube.forget(workload).await,
@@ -218,24 +222,6 @@ impl Default for Backoff {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{address}"))?
-        .connect_timeout(Duration::from_secs(1))
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true))
-}
-
-async fn client(address: &str) -> Result<AgentServiceClient<Channel>, String> {
-    let channel = endpoint(address)
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(AgentServiceClient::new(channel)
-        .max_decoding_message_size(crate::service::MAX_RESPONSE_BYTES))
 }
 
 /// Runs the agent until `shutdown` completes.
@@ -297,42 +283,33 @@ async fn watch_one(
     address: &str,
     cluster: &str,
     since_version: u64,
-    cache: &Cache,
+    cache: &Arc<Cache>,
     held: &watch::Sender<Option<Held>>,
     backoff: &mut Backoff,
 ) -> Result<(), String> {
-    let mut client = client(address).await?;
-    let mut stream = client
-        .watch_assignments(WatchAssignmentsRequest {
-            cluster: cluster.to_string(),
-            since_version,
-        })
-        .await
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
-        .into_inner();
+    let mut stream = Coordinator::connect(address)
+        .await?
+        .watch(cluster, since_version)
+        .await?;
     tracing::info!(%address, since_version, "watching assignments");
-    while let Some(set) = stream
-        .message()
-        .await
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
-    {
+    while let Some(set) = stream.next().await? {
         backoff.reset();
         let held_version = held.borrow().as_ref().map(|h| h.version);
         if held_version.is_some_and(|v| set.version <= v) {
             continue; // Stale (a node behind the one we heard from last) or nothing new.
         }
-        let mut assignments = Vec::with_capacity(set.assignments.len());
-        for a in set.assignments {
-            match convert::assignment_from_wire(a) {
-                Ok(a) => assignments.push(a),
-                Err(error) => tracing::error!(%error, "ignoring a malformed assignment"),
-            }
-        }
         let new = Held {
             version: set.version,
-            assignments,
+            assignments: set.assignments,
         };
-        if let Err(error) = cache.save_assignments(&new) {
+        let saved = {
+            let (cache, new) = (cache.clone(), new.clone());
+            blocking("caching the assignments", move || {
+                cache.save_assignments(&new)
+            })
+            .await
+        };
+        if let Err(error) = saved {
             tracing::error!(%error, "cannot cache the assignments; enforcing them anyway");
         }
         tracing::info!(version = new.version, "new assignments");
@@ -421,7 +398,7 @@ async fn reconcile_loop(
 async fn prune_unassigned(
     assigned: &BTreeSet<&str>,
     target: &Target,
-    cache: &Cache,
+    cache: &Arc<Cache>,
     workloads: &mut BTreeMap<String, WorkloadState>,
 ) {
     let owned = match target.workloads().await {
@@ -433,7 +410,14 @@ async fn prune_unassigned(
             Ok(removed) => {
                 tracing::info!(%workload, removed = removed.len(), "pruned a workload no longer assigned");
                 workloads.remove(&workload);
-                if let Err(error) = cache.forget_render(&workload) {
+                let forgotten = {
+                    let (cache, workload) = (cache.clone(), workload.clone());
+                    blocking("dropping the cached render", move || {
+                        cache.forget_render(&workload)
+                    })
+                    .await
+                };
+                if let Err(error) = forgotten {
                     tracing::warn!(%error, "cannot drop the cached render");
                 }
             }
@@ -462,7 +446,7 @@ fn render_revision(
 ) -> Result<fleet_core::render::Render, AgentError> {
     let (url, rev, path) = (
         &assignment.repo_url,
-        &assignment.revision.0,
+        assignment.revision.as_str(),
         &assignment.path,
     );
     let render = render_checked(git, url, rev, path)?;
@@ -493,7 +477,7 @@ async fn reconcile_workload(
     state: &mut WorkloadState,
     git: &Arc<GitCache>,
     target: &Target,
-    cache: &Cache,
+    cache: &Arc<Cache>,
 ) -> StatusReport {
     let mut error = None;
     let wanted = &assignment.revision;
@@ -516,7 +500,12 @@ async fn reconcile_workload(
                     hash: render_hash(&render),
                     render: Arc::new(render),
                 };
-                if let Err(e) = cache.save_render(&assignment.workload, &new) {
+                let saved = {
+                    let (cache, name, new) =
+                        (cache.clone(), assignment.workload.clone(), new.clone());
+                    blocking("caching the render", move || cache.save_render(&name, &new)).await
+                };
+                if let Err(e) = saved {
                     tracing::error!(error = %e, "cannot cache the render; applying it anyway");
                 }
                 tracing::info!(workload = %assignment.workload, revision = %wanted, files = new.render.len(), "rendered");
@@ -546,7 +535,7 @@ async fn reconcile_workload(
     let mut applied_revision = state
         .applied
         .as_ref()
-        .map_or_else(String::new, |r| r.0.clone());
+        .map_or_else(String::new, |r| r.to_string());
     let mut render_hash_hex = String::new();
     let mut health = HealthState::Unknown;
     if let Some(cached) = &state.render {
@@ -588,7 +577,7 @@ async fn reconcile_workload(
                     }
                     None => {
                         state.applied = Some(cached.revision.clone());
-                        applied_revision = cached.revision.0.clone();
+                        applied_revision = cached.revision.to_string();
                         render_hash_hex = cached.hash.clone();
                     }
                 }
@@ -618,7 +607,7 @@ async fn reconcile_workload(
     StatusReport {
         workload: assignment.workload.clone(),
         applied_revision,
-        desired_revision: wanted.0.clone(),
+        desired_revision: wanted.to_string(),
         assignment_version: assignment.version,
         render_hash: render_hash_hex,
         sync,
@@ -632,7 +621,7 @@ async fn reconcile_workload(
 
 async fn report_loop(config: Arc<AgentConfig>, mut reports: watch::Receiver<Vec<StatusReport>>) {
     // One connection per endpoint, kept between reports; dropped when a report on it fails.
-    let mut clients: BTreeMap<usize, AgentServiceClient<Channel>> = BTreeMap::new();
+    let mut clients: BTreeMap<usize, Coordinator> = BTreeMap::new();
     let mut backoff = Backoff::new();
     let mut preferred = 0usize;
     let mut pending = false;
@@ -643,11 +632,7 @@ async fn report_loop(config: Arc<AgentConfig>, mut reports: watch::Receiver<Vec<
                 () = tokio::time::sleep(config.resync_interval) => {}
             }
         }
-        let batch: Vec<_> = reports
-            .borrow_and_update()
-            .iter()
-            .map(convert::status_report)
-            .collect();
+        let batch: Vec<StatusReport> = reports.borrow_and_update().clone();
         if batch.is_empty() {
             pending = false;
             continue;
@@ -658,7 +643,7 @@ async fn report_loop(config: Arc<AgentConfig>, mut reports: watch::Receiver<Vec<
             let address = &config.endpoints[index];
             let client = match clients.get(&index) {
                 Some(client) => client.clone(),
-                None => match client(address).await {
+                None => match Coordinator::connect(address).await {
                     Ok(client) => clients.entry(index).or_insert(client).clone(),
                     Err(error) => {
                         tracing::debug!(%address, %error, "cannot connect to report status");
@@ -666,7 +651,8 @@ async fn report_loop(config: Arc<AgentConfig>, mut reports: watch::Receiver<Vec<
                     }
                 },
             };
-            match send_report(client, &config.cluster, batch.clone()).await {
+            let mut client = client;
+            match client.report(&config.cluster, &batch).await {
                 Ok(committed) => {
                     tracing::debug!(%address, committed, "status reported");
                     preferred = index;
@@ -692,23 +678,6 @@ async fn report_loop(config: Arc<AgentConfig>, mut reports: watch::Receiver<Vec<
             }
         }
     }
-}
-
-async fn send_report(
-    mut client: AgentServiceClient<Channel>,
-    cluster: &str,
-    reports: Vec<crate::proto::StatusReport>,
-) -> Result<u32, String> {
-    let mut request = tonic::Request::new(ReportStatusRequest {
-        cluster: cluster.to_string(),
-        reports,
-    });
-    request.set_timeout(Duration::from_secs(5));
-    client
-        .report_status(request)
-        .await
-        .map(|r| r.into_inner().committed)
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use fleet_node::agent::files::FilesTarget;
-use fleet_node::agent::git::GitCache;
-use fleet_node::agent::{AgentError, render_checked};
+use fleet_agent::files::FilesTarget;
+use fleet_agent::git::GitCache;
+use fleet_agent::{AgentError, render_checked};
 
 /// One entry of a commit's tree, by path (bytes) from the repository root.
 enum Entry<'a> {

@@ -11,7 +11,7 @@ use tonic::{Code, Status};
 
 use crate::coordinator::Consistency;
 use crate::error::NodeError;
-use crate::proto;
+use fleet_api::proto;
 
 pub fn consistency(value: i32) -> Consistency {
     match proto::ReadConsistency::try_from(value) {

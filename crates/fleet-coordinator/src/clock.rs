@@ -29,8 +29,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use crate::coordinator::{Coordinator, now_ms};
-use crate::proto::GetCoordinatorStatusRequest;
-use crate::proto::fleet_service_client::FleetServiceClient;
+pub use crate::limits::MIN_CLOCKS_TO_JUDGE;
 
 /// How often the clocks are compared.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -38,8 +37,6 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 /// The default bound on a node's distance from the voters' median clock.
 pub const DEFAULT_MAX_CLOCK_OFFSET_MS: u64 = 500;
-/// Fewest clocks (this node's included) that can tell which one is wrong.
-pub const MIN_CLOCKS_TO_JUDGE: usize = 3;
 
 /// How long the last comparison is trusted to tell the agreed time when peers stop answering.
 const ANCHOR_TRUSTED_FOR: Duration = Duration::from_secs(10);
@@ -207,18 +204,14 @@ async fn peer_offsets(coordinator: &Coordinator) -> Vec<i64> {
         let Some(node) = membership.get_node(&id) else {
             continue;
         };
-        let channel = coordinator.peers.channel(&node.addr);
+        let peers = coordinator.peers.clone();
+        let address = node.addr.clone();
         asks.spawn(async move {
-            let mut client = FleetServiceClient::new(channel);
             let sent_ms = now_ms();
-            let status = tokio::time::timeout(
-                STATUS_TIMEOUT,
-                client.get_coordinator_status(GetCoordinatorStatusRequest {}),
-            )
-            .await
-            .ok()?
-            .ok()?
-            .into_inner();
+            let status = peers
+                .coordinator_status(&address, STATUS_TIMEOUT)
+                .await
+                .ok()?;
             let received_ms = now_ms();
             // A node from before clocks were compared answers 0: not a clock reading.
             (status.now_ms > 0).then(|| peer_offset_ms(sent_ms, received_ms, status.now_ms))

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::NodeError;
+pub use crate::limits::MAX_IDENTITY_BYTES;
 use crate::types::NodeId;
 
 /// The identity file's name in the data dir.
@@ -29,8 +30,6 @@ pub const DATA_DIR_FORMAT: u32 = 1;
 /// upgraded from format 0 has it, so the cluster-id check does not tell two such clusters
 /// apart; the membership check still does.
 pub const FORMAT0_CLUSTER_ID: &str = "format0";
-/// Largest identity file read.
-const MAX_IDENTITY_BYTES: u64 = 4096;
 
 /// The contents of `identity.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -65,17 +65,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::health::DiskHealth;
-use crate::tasks::spawn_named;
+pub use crate::limits::MAX_PENDING_FLUSHES;
 use crate::types::{
     AppliedWrite, ApplyResult, LogId, NodeId, ProposalItem, RecentWrites, StorageError,
     StoredMembership, TypeConfig,
 };
+use fleet_api::tasks::spawn_named;
 
-/// Exit code of a node stopped by a storage error (EX_IOERR).
-pub const EXIT_STORAGE_FAILURE: i32 = 74;
-
-/// Most append callbacks waiting for one flush; appends beyond it wait for room.
-pub const MAX_PENDING_FLUSHES: usize = 4096;
+pub use crate::fatal::{EXIT_STORAGE_FAILURE, fail_stop};
 
 /// Flushes (fsyncs) the database on this thread, through the failpoint `point` (`log-flush` or
 /// `vote-flush`): `sleep(MS)` slows the flush, `return` fails it (in a build with failpoints;
@@ -88,12 +85,6 @@ pub fn flush_blocking(db: &sled::Db, point: &str) -> std::io::Result<Duration> {
     ))));
     db.flush().map_err(std::io::Error::other)?;
     Ok(started.elapsed())
-}
-
-/// Logs a storage failure and stops the process. A node that cannot persist must not go on.
-pub fn fail_stop(what: &str, error: &dyn std::fmt::Display) -> ! {
-    tracing::error!(operation = what, %error, "storage failure: stopping the node");
-    std::process::exit(EXIT_STORAGE_FAILURE);
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

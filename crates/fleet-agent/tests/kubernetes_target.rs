@@ -28,10 +28,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use fleet_agent::kubernetes::{FIELD_MANAGER, KubeTarget};
+use fleet_agent::{AppliedObject, TargetOutcome};
 use fleet_core::HealthState;
 use fleet_core::render::{FileKind, Render, RenderPath};
-use fleet_node::agent::kubernetes::{FIELD_MANAGER, KubeTarget};
-use fleet_node::agent::{AppliedObject, TargetOutcome};
 use http::{Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::{Value, json};

@@ -1,6 +1,6 @@
-//! The coordinator node: openraft wired to the sled store and the tonic transport, the write
-//! path (forwarded to the leader), the read path (read-index, linearizable by default), and
-//! start-up and shutdown.
+//! A running coordinator node ([`Coordinator`]): the write path (forwarded to the leader), the
+//! read path (read-index, linearizable by default) and membership changes. Start-up and
+//! shutdown are [`crate::serve`].
 //!
 //! Writes: any node accepts a write. The node that is not the leader forwards it, once per
 //! attempt, to the leader it knows over `RaftService.Propose`; the leader checks the command
@@ -16,121 +16,34 @@
 //! leader itself, `RaftService.ReadIndex` from a follower) and wait until this node has applied
 //! up to it, then read the local state. Stale reads read the local state at once.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fleet_core::{Command, Context, CoreError, Outcome, State};
-use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
-use crate::batcher::{BatchError, Batcher, MAX_ENTRIES_PER_APPEND};
+use crate::batcher::{BatchError, Batcher};
 use crate::error::NodeError;
-use crate::health::{DiskHealth, ProbeConfig, run_probe};
-use crate::identity::{self, DataDir, FORMAT0_CLUSTER_ID, Identity};
-use crate::leadership::{GuardConfig, run_guard};
-use crate::network::{MAX_RAFT_MESSAGE_BYTES, Peers, SNAPSHOT_CHUNK_BYTES};
-use crate::proto::fleet_service_client::FleetServiceClient;
-use crate::proto::{AddCoordinatorRequest, ReadIndexRequest, RemoveCoordinatorRequest};
-use crate::service::{self, MAX_REQUEST_BYTES};
-use crate::store::{self, LogStore, SharedState, StateMachineStore};
-use crate::tasks::spawn_named;
+use crate::grpc::network::{PeerIdentity, Peers};
+use crate::health::DiskHealth;
+pub use crate::limits::MAX_CATCH_UP_TIMEOUT;
+use crate::store::SharedState;
 use crate::types::{NodeId, ProposalItem, Raft, WriteId, new_write_id};
 
 /// How long a request waits for a leader before it fails with UNAVAILABLE.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 /// How often a waiting request looks for a leader again.
 const LEADER_POLL: Duration = Duration::from_millis(50);
-/// How many times a joining node asks to be added before it gives up.
-pub const MAX_JOIN_ATTEMPTS: u32 = 240;
 /// How long a node being added may take to catch up, by default, before the add fails and it
 /// stays a learner.
 pub const DEFAULT_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
-/// The longest catch-up wait a request may ask for.
-pub const MAX_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a member's address may take to answer `Identify` in membership checks.
 pub const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many times a membership check asks an address that does not answer.
 pub const IDENTIFY_ATTEMPTS: u32 = 3;
-/// How often gauges are refreshed.
-const METRICS_PERIOD: Duration = Duration::from_secs(2);
-/// Exit code of a node whose Raft core stopped with a fatal error.
-pub const EXIT_RAFT_FATAL: i32 = 75;
-
-/// How a node starts (see [`crate::identity`] for what a data dir holds).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Start {
-    /// The first node of a new coordinator cluster. Refused on a data dir that already belongs
-    /// to a cluster.
-    Bootstrap,
-    /// The embedded demo: bootstrap an empty data dir, resume one that is not.
-    BootstrapOrResume,
-    /// Join the cluster of the member at this address as a new node: learner first, voter once
-    /// caught up. Resumes when the data dir already holds this node's log.
-    Join(String),
-    /// Resume from the data dir; refused when it is empty.
-    Resume,
-}
-
-/// Everything `fleet-node coordinator` takes.
-#[derive(Debug, Clone)]
-pub struct CoordinatorConfig {
-    pub id: NodeId,
-    pub listen: SocketAddr,
-    /// The address peers and clients use; defaults to `listen`.
-    pub advertise: String,
-    pub data_dir: PathBuf,
-    pub start: Start,
-    pub heartbeat_interval_ms: u64,
-    pub election_timeout_ms_min: u64,
-    pub election_timeout_ms_max: u64,
-    /// Build a snapshot after this many applied entries since the last one.
-    pub snapshot_after_logs: u64,
-    /// Log entries kept behind a snapshot for slow followers.
-    pub logs_kept_after_snapshot: u64,
-    /// Time between disk probe bursts; zero turns the probe off.
-    pub disk_probe_interval: Duration,
-    /// fdatasyncs per probe burst.
-    pub disk_probe_writes: u32,
-    /// Serve Prometheus metrics here.
-    pub metrics_listen: Option<SocketAddr>,
-    /// Disk-aware leadership.
-    pub guard: GuardConfig,
-    /// Serve `RaftService.SetFailpoint` (tests and chaos runs only).
-    pub allow_failpoint_rpc: bool,
-    /// A node whose clock is further than this from the voters' median does not lead or
-    /// stamp times (see [`crate::clock`]).
-    pub max_clock_offset_ms: u64,
-}
-
-impl CoordinatorConfig {
-    pub fn new(id: NodeId, listen: SocketAddr, data_dir: PathBuf, start: Start) -> Self {
-        CoordinatorConfig {
-            id,
-            listen,
-            advertise: listen.to_string(),
-            data_dir,
-            start,
-            heartbeat_interval_ms: 100,
-            election_timeout_ms_min: 400,
-            election_timeout_ms_max: 800,
-            snapshot_after_logs: 10_000,
-            logs_kept_after_snapshot: 1_000,
-            disk_probe_interval: Duration::from_secs(10),
-            disk_probe_writes: 20,
-            metrics_listen: None,
-            guard: GuardConfig::default(),
-            allow_failpoint_rpc: false,
-            max_clock_offset_ms: crate::clock::DEFAULT_MAX_CLOCK_OFFSET_MS,
-        }
-    }
-}
 
 /// A write forwarded from a follower to the leader.
 #[derive(Debug, Serialize, Deserialize)]
@@ -159,9 +72,9 @@ pub struct Coordinator {
     /// The cluster id from this node's data dir.
     pub cluster_id: String,
     /// Held by the membership change in progress on this node (one at a time).
-    membership_change: tokio::sync::Mutex<()>,
+    pub(crate) membership_change: tokio::sync::Mutex<()>,
     pub raft: Raft,
-    state: SharedState,
+    pub(crate) state: SharedState,
     pub(crate) peers: Peers,
     pub(crate) batcher: Batcher,
     /// This node's disk latencies: probe and log flushes.
@@ -175,9 +88,9 @@ pub struct Coordinator {
     /// This node's clock against the voters' (see [`crate::clock`]).
     pub clock: crate::clock::ClockCheck,
     /// The last time this node stamped on a command; stamps never go back.
-    last_stamp_ms: std::sync::atomic::AtomicU64,
+    pub(crate) last_stamp_ms: std::sync::atomic::AtomicU64,
     /// Why this node must not campaign: (its disk is stalled, its clock is skewed).
-    campaign_vetoes: std::sync::Mutex<(bool, bool)>,
+    pub(crate) campaign_vetoes: std::sync::Mutex<(bool, bool)>,
 }
 
 impl Coordinator {
@@ -255,14 +168,10 @@ impl Coordinator {
                     }
                 }
                 Some((_, address)) => {
-                    let payload = self
-                        .peers
-                        .payload(serde_json::to_vec(&forwarded).expect("commands serialize"));
-                    let mut client = self.peers.raft_client(&address);
-                    match client.propose(payload).await {
+                    match self.peers.propose(&address, &forwarded).await {
                         Ok(reply) => {
                             let reply: ForwardedReply =
-                                serde_json::from_slice(&reply.into_inner().json).map_err(|e| {
+                                serde_json::from_slice(&reply).map_err(|e| {
                                     NodeError::OutcomeUnknown {
                                         detail: format!("unreadable reply from the leader: {e}"),
                                     }
@@ -411,20 +320,13 @@ impl Coordinator {
                         }
                     }
                 }
-                Some((_, address)) => {
-                    let mut client = self.peers.raft_client(&address);
-                    let request = ReadIndexRequest {
-                        cluster_id: self.peers.cluster_id().to_string(),
-                        from_node: self.id,
-                    };
-                    match client.read_index(request).await {
-                        Ok(reply) => Some(reply.into_inner().read_index),
-                        Err(status) => {
-                            tracing::debug!(%address, %status, "read index failed, retrying");
-                            None
-                        }
+                Some((_, address)) => match self.peers.read_index(&address).await {
+                    Ok(index) => Some(index),
+                    Err(status) => {
+                        tracing::debug!(%address, %status, "read index failed, retrying");
+                        None
                     }
-                }
+                },
                 None => None,
             };
             if let Some(index) = read_index {
@@ -502,16 +404,11 @@ impl Coordinator {
             });
         }
         if let Some(leader_address) = self.leader_elsewhere()? {
-            let mut client = FleetServiceClient::new(self.peers.channel(&leader_address));
-            let reply = client
-                .add_coordinator(AddCoordinatorRequest {
-                    id,
-                    address,
-                    catch_up_timeout_ms: catch_up.as_millis() as u64,
-                })
+            return self
+                .peers
+                .add_coordinator(&leader_address, id, address, catch_up)
                 .await
-                .map_err(NodeError::from_leader)?;
-            return Ok(reply.into_inner().result.map_or(0, |r| r.log_index));
+                .map_err(NodeError::from_leader);
         }
         {
             // The learner is added under the lock; the catch-up wait runs without it, so that
@@ -593,12 +490,11 @@ impl Coordinator {
     /// while another membership change runs.
     pub async fn remove_coordinator(&self, id: NodeId, force: bool) -> Result<u64, NodeError> {
         if let Some(leader_address) = self.leader_elsewhere()? {
-            let mut client = FleetServiceClient::new(self.peers.channel(&leader_address));
-            let reply = client
-                .remove_coordinator(RemoveCoordinatorRequest { id, force })
+            return self
+                .peers
+                .remove_coordinator(&leader_address, id, force)
                 .await
-                .map_err(NodeError::from_leader)?;
-            return Ok(reply.into_inner().result.map_or(0, |r| r.log_index));
+                .map_err(NodeError::from_leader);
         }
         let _one_at_a_time = self
             .membership_change
@@ -657,7 +553,7 @@ impl Coordinator {
     }
 
     /// The latest membership in this node's log (committed or not).
-    fn membership(&self) -> openraft::Membership<NodeId, BasicNode> {
+    pub(crate) fn membership(&self) -> openraft::Membership<NodeId, BasicNode> {
         self.raft
             .metrics()
             .borrow()
@@ -775,19 +671,8 @@ impl Coordinator {
 }
 
 /// Asks `address` who it is, within [`IDENTIFY_TIMEOUT`].
-pub async fn identify(
-    peers: &Peers,
-    address: &str,
-) -> Result<crate::proto::IdentifyResponse, tonic::Status> {
-    let mut request = tonic::Request::new(crate::proto::IdentifyRequest {});
-    request.set_timeout(IDENTIFY_TIMEOUT);
-    let mut client = peers.raft_client(address);
-    tokio::time::timeout(IDENTIFY_TIMEOUT, client.identify(request))
-        .await
-        .map_err(|_| {
-            fleet_api::status::with_hint(tonic::Code::Unavailable, "no answer in time", "")
-        })?
-        .map(|r| r.into_inner())
+pub async fn identify(peers: &Peers, address: &str) -> Result<PeerIdentity, tonic::Status> {
+    peers.identify(address, IDENTIFY_TIMEOUT).await
 }
 
 /// This node is not the leader; nothing was proposed.
@@ -804,388 +689,4 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Starts a coordinator and serves until `shutdown` completes, then stops cleanly.
-/// `on_ready` runs once the node serves and, for `--bootstrap`, leads.
-pub async fn run<F, R>(
-    config: CoordinatorConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    on_ready: F,
-) -> Result<(), NodeError>
-where
-    F: FnOnce(Arc<Coordinator>) -> R,
-    R: Future<Output = Result<(), NodeError>>,
-{
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| NodeError::Startup(format!("data dir {}: {e}", config.data_dir.display())))?;
-    let identity = establish_identity(&config).await?;
-    let db = store::open_db(&config.data_dir).map_err(|e| {
-        NodeError::Startup(format!("open sled in {}: {e}", config.data_dir.display()))
-    })?;
-    store::check_stored_terms(&db, config.id).map_err(NodeError::Startup)?;
-    let health = Arc::new(DiskHealth::default());
-    let log_store =
-        LogStore::open(&db, health.clone()).map_err(|e| NodeError::Startup(e.to_string()))?;
-    let state_machine =
-        StateMachineStore::open(&db).map_err(|e| NodeError::Startup(e.to_string()))?;
-    let state = state_machine.shared();
-    let assignments_changed = state_machine.watch_assignments();
-
-    let raft_config = openraft::Config {
-        cluster_name: "fleet".into(),
-        heartbeat_interval: config.heartbeat_interval_ms,
-        election_timeout_min: config.election_timeout_ms_min,
-        election_timeout_max: config.election_timeout_ms_max,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_logs),
-        max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
-        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
-        max_payload_entries: MAX_ENTRIES_PER_APPEND,
-        ..Default::default()
-    }
-    .validate()
-    .map_err(|e| NodeError::Startup(format!("raft config: {e}")))?;
-
-    let peers = Peers::new(identity.cluster_id.clone(), config.id);
-    let raft = Raft::new(
-        config.id,
-        Arc::new(raft_config),
-        peers.clone(),
-        log_store,
-        state_machine,
-    )
-    .await
-    .map_err(|e| NodeError::Startup(format!("raft: {e}")))?;
-
-    let coordinator = Arc::new(Coordinator {
-        id: config.id,
-        cluster_id: identity.cluster_id.clone(),
-        membership_change: tokio::sync::Mutex::new(()),
-        raft: raft.clone(),
-        state,
-        peers,
-        batcher: Batcher::start(raft.clone()),
-        health: health.clone(),
-        allow_failpoint_rpc: config.allow_failpoint_rpc,
-        assignments_changed,
-        heartbeats: Default::default(),
-        clock: crate::clock::ClockCheck::new(config.max_clock_offset_ms),
-        last_stamp_ms: Default::default(),
-        campaign_vetoes: Default::default(),
-    });
-
-    if let Some(listen) = config.metrics_listen {
-        crate::metrics::install(listen).map_err(NodeError::Startup)?;
-        spawn_named(
-            "metrics-publisher",
-            publish_metrics(raft.clone(), health.clone()),
-        );
-    }
-    spawn_named(
-        "disk-probe",
-        run_probe(
-            ProbeConfig {
-                data_dir: config.data_dir.clone(),
-                interval: config.disk_probe_interval,
-                writes_per_burst: config.disk_probe_writes,
-            },
-            health.clone(),
-        ),
-    );
-    let stopping = Arc::new(AtomicBool::new(false));
-    spawn_named(
-        "raft-fatal-watch",
-        watch_for_fatal(raft.clone(), stopping.clone()),
-    );
-    spawn_named(
-        "leadership-guard",
-        run_guard(coordinator.clone(), config.guard.clone()),
-    );
-    spawn_named(
-        "rollout-planner",
-        crate::promotion::run_planner(coordinator.clone()),
-    );
-    spawn_named(
-        "clock-check",
-        crate::clock::run_clock_check(coordinator.clone()),
-    );
-
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| NodeError::Startup(format!("listen on {}: {e}", config.listen)))?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
-        // Finds agents that vanished without closing their watch streams.
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(service::fleet_server(coordinator.clone()))
-        .add_service(service::agent_server(coordinator.clone()))
-        .add_service(crate::promotion::promotion_server(coordinator.clone()))
-        .add_service(service::raft_server(coordinator.clone()))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = stop_rx.await;
-            },
-        );
-    let server = spawn_named("grpc-server", server);
-    tracing::info!(
-        node = config.id,
-        listen = %config.listen,
-        data_dir = %config.data_dir.display(),
-        max_request_bytes = MAX_REQUEST_BYTES,
-        max_raft_message_bytes = MAX_RAFT_MESSAGE_BYTES,
-        "coordinator serving"
-    );
-
-    let initialized = raft
-        .is_initialized()
-        .await
-        .map_err(|e| NodeError::Startup(e.to_string()))?;
-    match &config.start {
-        Start::Bootstrap if initialized => {
-            return Err(NodeError::Startup(format!(
-                "--bootstrap: {} already belongs to coordinator cluster {}; restart the node \
-                 without --bootstrap, or give --bootstrap an empty data dir for a new cluster",
-                config.data_dir.display(),
-                identity.cluster_id
-            )));
-        }
-        Start::Bootstrap | Start::BootstrapOrResume if !initialized => {
-            let members = BTreeMap::from([(config.id, BasicNode::new(config.advertise.clone()))]);
-            raft.initialize(members)
-                .await
-                .map_err(|e| NodeError::Startup(format!("bootstrap: {e}")))?;
-            tracing::info!(node = config.id, cluster = %identity.cluster_id, "bootstrapped a new coordinator cluster");
-        }
-        Start::Resume if !initialized => {
-            return Err(NodeError::Startup(format!(
-                "{} holds node {}'s identity but no log: it never finished joining. Start it with \
-                 --join HOST:PORT",
-                config.data_dir.display(),
-                config.id
-            )));
-        }
-        Start::Join(member) => {
-            if coordinator.membership().voter_ids().any(|v| v == config.id) {
-                tracing::info!(
-                    node = config.id,
-                    "already a voter: resuming from the data dir"
-                );
-            } else {
-                join(&coordinator, member, &config.advertise).await?;
-            }
-        }
-        _ => {}
-    }
-    if matches!(config.start, Start::Bootstrap | Start::BootstrapOrResume) {
-        raft.wait(Some(Duration::from_secs(30)))
-            .current_leader(config.id, "bootstrap leads")
-            .await
-            .map_err(|e| NodeError::Startup(format!("no leadership after bootstrap: {e}")))?;
-    }
-    on_ready(coordinator.clone()).await?;
-
-    shutdown.await;
-    tracing::info!(node = config.id, "shutting down");
-    stopping.store(true, Ordering::SeqCst);
-    if let Err(e) = raft.shutdown().await {
-        tracing::warn!(error = %e, "raft shutdown");
-    }
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    if let Err(e) = db.flush_async().await {
-        store::fail_stop("flush at shutdown", &e);
-    }
-    tracing::info!(node = config.id, "stopped");
-    Ok(())
-}
-
-/// Publishes disk and Raft gauges every [`METRICS_PERIOD`].
-///
-/// # Cancel safety
-/// Only reads; safe to drop.
-async fn publish_metrics(raft: Raft, health: Arc<DiskHealth>) {
-    let mut ticker = tokio::time::interval(METRICS_PERIOD);
-    loop {
-        ticker.tick().await;
-        let m = raft.metrics().borrow().clone();
-        crate::metrics::publish_raft(
-            m.current_term,
-            m.last_applied.map_or(0, |l| l.index),
-            m.state == ServerState::Leader,
-        );
-        crate::metrics::publish_disk(&health.report());
-    }
-}
-
-/// Reads this node's identity from its data dir, or makes one: a new cluster id for
-/// `--bootstrap`, the member's for `--join`, `format0` for a data dir from before identities.
-/// Refuses an empty data dir without either flag, and a data dir of another node id.
-async fn establish_identity(config: &CoordinatorConfig) -> Result<Identity, NodeError> {
-    let dir = config.data_dir.clone();
-    let found = tokio::task::spawn_blocking(move || identity::inspect(&dir))
-        .await
-        .map_err(|e| NodeError::Startup(e.to_string()))??;
-    let made = match found {
-        DataDir::Identified(identity) => {
-            if identity.node_id != config.id {
-                return Err(NodeError::Startup(format!(
-                    "{} belongs to node {}, not --id {}: give the node's own id or its own data dir",
-                    config.data_dir.display(),
-                    identity.node_id,
-                    config.id
-                )));
-            }
-            return Ok(identity);
-        }
-        DataDir::Format0 => {
-            tracing::warn!(
-                data_dir = %config.data_dir.display(),
-                "a data dir from before identities (format 0): writing identity.json with \
-                 cluster id {FORMAT0_CLUSTER_ID} and node id {}", config.id
-            );
-            FORMAT0_CLUSTER_ID.to_string()
-        }
-        DataDir::Empty => match &config.start {
-            Start::Resume => {
-                return Err(NodeError::Startup(format!(
-                    "{} is empty: this node has no identity and no log. Start a new cluster \
-                     with --bootstrap, or join one with --join HOST:PORT. If node {} lost its \
-                     disk, it must not come back under its old id with an empty log: from a \
-                     healthy member run `fleet-ctl coordinator remove --id {}`, then start it \
-                     with --join (README: recovering a node)",
-                    config.data_dir.display(),
-                    config.id,
-                    config.id
-                )));
-            }
-            Start::Bootstrap | Start::BootstrapOrResume => identity::new_cluster_id()?,
-            Start::Join(member) => cluster_id_for_join(member, config.id).await?,
-        },
-    };
-    let identity = Identity {
-        format: identity::DATA_DIR_FORMAT,
-        cluster_id: made,
-        node_id: config.id,
-    };
-    let dir = config.data_dir.clone();
-    let written = identity.clone();
-    tokio::task::spawn_blocking(move || identity::write(&dir, &written))
-        .await
-        .map_err(|e| NodeError::Startup(e.to_string()))??;
-    tracing::info!(node = config.id, cluster = %identity.cluster_id, "identity written");
-    Ok(identity)
-}
-
-/// The cluster id of the member at `member`, asked until it answers (bounded), once the
-/// member has confirmed that node `id` is not a member. This runs before the node writes its
-/// identity or serves anything: a node that lost its disk must not come back under an id the
-/// cluster still counts on, not even for the moment a refused join takes.
-async fn cluster_id_for_join(member: &str, id: NodeId) -> Result<String, NodeError> {
-    let peers = Peers::new(String::new(), 0);
-    for attempt in 1..=MAX_JOIN_ATTEMPTS {
-        let asked = async {
-            let identity = identify(&peers, member).await?;
-            let mut request = tonic::Request::new(crate::proto::GetCoordinatorStatusRequest {});
-            request.set_timeout(IDENTIFY_TIMEOUT);
-            let status = FleetServiceClient::new(peers.channel(member))
-                .get_coordinator_status(request)
-                .await?
-                .into_inner();
-            Ok::<_, tonic::Status>((identity.cluster_id, status.members))
-        };
-        match asked.await {
-            Ok((cluster_id, members)) => {
-                if let Some(old) = members.iter().find(|m| m.id == id) {
-                    return Err(NodeError::Startup(format!(
-                        "--join {member}: node {id} is still a member of that cluster ({} at {}). \
-                         A node that lost its data dir must not come back under its old id: from \
-                         a healthy member run `fleet-ctl coordinator remove --id {id}`, then start \
-                         this node again with --join (README: recovering a node)",
-                        if old.voter { "a voter" } else { "a learner" },
-                        old.address
-                    )));
-                }
-                return Ok(cluster_id);
-            }
-            Err(status) => {
-                tracing::info!(attempt, %member, %status, "asking the member for its cluster id");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
-    }
-    Err(NodeError::Startup(format!(
-        "--join {member}: no answer after {MAX_JOIN_ATTEMPTS} attempts; check the address"
-    )))
-}
-
-/// Asks `member` (or the leader it points to) to add this node. Retries while the cluster
-/// has no leader or cannot be reached, and while this node is still catching up as a learner
-/// ([`DEFAULT_CATCH_UP_TIMEOUT`] per attempt); any refusal (this id is still a member, the advertised
-/// address does not answer as this node, ...) ends the start with the member's message.
-async fn join(coordinator: &Coordinator, member: &str, advertise: &str) -> Result<(), NodeError> {
-    let mut client = FleetServiceClient::new(coordinator.peers.channel(member));
-    for attempt in 1..=MAX_JOIN_ATTEMPTS {
-        let request = AddCoordinatorRequest {
-            id: coordinator.id,
-            address: advertise.to_string(),
-            catch_up_timeout_ms: DEFAULT_CATCH_UP_TIMEOUT.as_millis() as u64,
-        };
-        match client.add_coordinator(request).await {
-            Ok(_) => {
-                tracing::info!(node = coordinator.id, %member, "joined the coordinator cluster as a voter");
-                return Ok(());
-            }
-            Err(status)
-                if matches!(
-                    status.code(),
-                    tonic::Code::AlreadyExists
-                        | tonic::Code::InvalidArgument
-                        | tonic::Code::NotFound
-                        | tonic::Code::FailedPrecondition
-                ) =>
-            {
-                let hint = fleet_api::status::hint(&status).unwrap_or("").to_string();
-                return Err(NodeError::Startup(format!(
-                    "--join {member} refused: {}. {hint}",
-                    status.message()
-                )));
-            }
-            Err(status) => {
-                tracing::info!(attempt, %member, %status, "join not accepted yet, retrying");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
-    }
-    Err(NodeError::Startup(format!(
-        "{member} did not add this node after {MAX_JOIN_ATTEMPTS} attempts"
-    )))
-}
-
-/// Stops the process with [`EXIT_RAFT_FATAL`] when the Raft core stops with a fatal error
-/// (such as a storage error), or stops without a word: a panic in the core drops its metrics
-/// channel. Only a shutdown that `stopping` announced beforehand ends the core quietly; a node
-/// whose core is dead must not stay up serving stale state.
-///
-/// # Cancel safety
-/// Only reads metrics; safe to drop.
-async fn watch_for_fatal(raft: Raft, stopping: Arc<AtomicBool>) {
-    let mut metrics = raft.metrics();
-    loop {
-        if let Err(fatal) = &metrics.borrow().running_state {
-            if !matches!(fatal, openraft::error::Fatal::Stopped) {
-                tracing::error!(error = %fatal, "raft stopped with a fatal error: stopping the node");
-                std::process::exit(EXIT_RAFT_FATAL);
-            }
-            return;
-        }
-        if metrics.changed().await.is_err() {
-            if stopping.load(Ordering::SeqCst) {
-                return;
-            }
-            tracing::error!("the raft core is gone (a panic in the core): stopping the node");
-            std::process::exit(EXIT_RAFT_FATAL);
-        }
-    }
 }

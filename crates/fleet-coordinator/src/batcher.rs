@@ -13,23 +13,12 @@ use fleet_core::{CoreError, Outcome};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
-use crate::tasks::spawn_named;
+pub use crate::limits::{
+    MAX_COMMANDS_PER_ENTRY, MAX_ENTRIES_IN_FLIGHT, MAX_ENTRIES_PER_APPEND, MAX_ENTRY_BYTES,
+    MAX_QUEUED_COMMANDS,
+};
 use crate::types::{Proposal, ProposalItem, Raft};
-
-/// Most commands in one log entry.
-pub const MAX_COMMANDS_PER_ENTRY: usize = 256;
-/// Most bytes (JSON) of one log entry, counted as commands are packed: an entry closes before
-/// the command that would take it over, and a single command over it is refused
-/// (INVALID_ARGUMENT) before it is proposed. With openraft's `max_payload_entries` set to
-/// [`MAX_ENTRIES_PER_APPEND`], one AppendEntries message (16 × 2 MiB, plus framing) stays under
-/// the Raft transport's 64 MiB limit.
-pub const MAX_ENTRY_BYTES: usize = 2 * 1024 * 1024;
-/// Most log entries sent in one AppendEntries call.
-pub const MAX_ENTRIES_PER_APPEND: u64 = 16;
-/// Most entries proposed and not yet applied at once.
-pub const MAX_ENTRIES_IN_FLIGHT: usize = 2;
-/// Most commands waiting for an entry; writers beyond it wait for room.
-pub const MAX_QUEUED_COMMANDS: usize = 4096;
+use fleet_api::tasks::spawn_named;
 
 /// Why a batched write did not apply.
 #[derive(Debug)]

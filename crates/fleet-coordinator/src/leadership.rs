@@ -34,16 +34,12 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use crate::coordinator::Coordinator;
-use crate::proto::GetCoordinatorStatusRequest;
-use crate::proto::fleet_service_client::FleetServiceClient;
+pub use crate::limits::MAX_SUCCESSOR_LAG;
 use crate::types::NodeId;
 use fleet_disk::FDATASYNC_P99_LIMIT;
 
 /// How often the guard judges the disk.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
-/// A successor may be this many entries behind the leader when it is chosen; it must have
-/// every entry before it is asked to take over.
-pub const MAX_SUCCESSOR_LAG: u64 = 1024;
 /// How long the leader waits for a follower's status.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long the leader holds writes back for the successor to catch up.
@@ -286,28 +282,22 @@ async fn hand_over(
             continue;
         };
         let address = node.addr.clone();
-        let channel = coordinator.peers.channel(&address);
+        let peers = coordinator.peers.clone();
         let matched_index = replication
             .get(&id)
             .and_then(|l| l.as_ref())
             .map_or(0, |l| l.index);
         asks.spawn(async move {
-            let mut client = FleetServiceClient::new(channel);
-            let status = tokio::time::timeout(
-                STATUS_TIMEOUT,
-                client.get_coordinator_status(GetCoordinatorStatusRequest {}),
-            )
-            .await;
-            let disk = status.ok()?.ok()?.into_inner().disk?;
-            let recent = disk.all_fdatasync_5s.unwrap_or_default();
+            let status = peers.coordinator_status(&address, STATUS_TIMEOUT).await;
+            let disk = status.ok()?.disk?;
             Some(Candidate {
                 id,
                 address,
                 matched_index,
                 stalled: disk.stalled,
-                recent_p99_us: recent.p99_us,
-                recent_count: recent.count,
-                flush_1m_p99_us: disk.log_flush_1m.unwrap_or_default().p99_us,
+                recent_p99_us: disk.recent_p99_us,
+                recent_count: disk.recent_count,
+                flush_1m_p99_us: disk.flush_1m_p99_us,
             })
         });
     }
@@ -446,16 +436,11 @@ async fn hand_over_to(
         to_p99_us: successor.score_us(),
         limit_us: config.limit_us,
     };
-    let payload = coordinator
+    let reply = coordinator
         .peers
-        .payload(serde_json::to_vec(&request).expect("hand-over requests serialize"));
-    let mut client = coordinator.peers.raft_client(&successor.address);
-    let reply = tokio::time::timeout(STATUS_TIMEOUT, client.take_leadership(payload))
+        .take_leadership(&successor.address, &request, STATUS_TIMEOUT)
         .await
-        .map_err(|_| format!("node {successor_id} did not answer in time"))?
-        .map_err(|s| format!("node {successor_id}: {}", s.message()))?;
-    let reply: HandoverReply = serde_json::from_slice(&reply.into_inner().json)
-        .map_err(|e| format!("node {successor_id} sent an unreadable reply: {e}"))?;
+        .map_err(|why| format!("node {successor_id}: {why}"))?;
     reply.map_err(|why| format!("node {successor_id} declined: {why}"))?;
 
     let own_id = coordinator.id;

@@ -1,0 +1,189 @@
+//! `AgentService`: assignments and status reports, for the agents.
+
+use std::sync::Arc;
+
+use fleet_core::Command;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{self};
+use crate::coordinator::now_ms;
+use crate::coordinator::{Consistency, Coordinator};
+use crate::error::NodeError;
+use fleet_api::proto::agent_service_server::{AgentService, AgentServiceServer};
+use fleet_api::proto::*;
+use fleet_api::tasks::spawn_named;
+use fleet_core::limits::MAX_REPORTS_PER_CALL;
+use tokio_stream::wrappers::ReceiverStream;
+
+use fleet_api::limits::{MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
+
+use super::Reply;
+
+pub fn agent_server(c: Arc<Coordinator>) -> AgentServiceServer<AgentApi> {
+    AgentServiceServer::new(AgentApi(c))
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES)
+}
+
+pub struct AgentApi(Arc<Coordinator>);
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn get_assignments(
+        &self,
+        request: Request<GetAssignmentsRequest>,
+    ) -> Reply<GetAssignmentsResponse> {
+        let r = request.into_inner();
+        let response = self
+            .0
+            .read(Consistency::Linearizable, |s| {
+                let assignments = s.assignments(&r.cluster)?;
+                Ok::<_, fleet_core::CoreError>(GetAssignmentsResponse {
+                    assignments: assignments.into_iter().map(convert::assignment).collect(),
+                    fleet_assignment_version: s.last_assignment_version(),
+                })
+            })
+            .await?
+            .map_err(NodeError::from)?;
+        Ok(Response::new(response))
+    }
+
+    type WatchAssignmentsStream = ReceiverStream<Result<AssignmentSet, Status>>;
+
+    async fn watch_assignments(
+        &self,
+        request: Request<WatchAssignmentsRequest>,
+    ) -> Reply<Self::WatchAssignmentsStream> {
+        let r = request.into_inner();
+        fleet_core::validate::dns_label("cluster", &r.cluster).map_err(NodeError::from)?;
+        // Subscribed before the first read, so a change right after it is not missed.
+        let mut changed = self.0.assignments_changed.clone();
+        changed.mark_unchanged();
+        // The first set, or NOT_FOUND, before the stream opens.
+        let first = assignment_set(&self.0, &r.cluster)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        spawn_named(
+            "assignment-watch",
+            serve_watch(self.0.clone(), changed, r.cluster, first, tx),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn report_status(
+        &self,
+        request: Request<ReportStatusRequest>,
+    ) -> Reply<ReportStatusResponse> {
+        let r = request.into_inner();
+        fleet_core::validate::dns_label("cluster", &r.cluster).map_err(NodeError::from)?;
+        if r.reports.len() > MAX_REPORTS_PER_CALL {
+            return Err(NodeError::InvalidArgument {
+                field: "reports",
+                message: format!(
+                    "{} is over the limit of {MAX_REPORTS_PER_CALL} per call",
+                    r.reports.len()
+                ),
+                hint: "send one report per assigned workload, in several calls if need be".into(),
+            }
+            .into());
+        }
+        let reports = r
+            .reports
+            .into_iter()
+            .map(convert::status_report_from_wire)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut committed = 0;
+        for report in reports {
+            let now = now_ms();
+            let workload = report.workload.clone();
+            let command = Command::RecordStatus {
+                cluster: r.cluster.clone(),
+                report: report.clone(),
+            };
+            // Checked here too, so a bad heartbeat is refused even when nothing is committed:
+            // malformed at once; a refusal from this node's state (which may lag) only after a
+            // read barrier.
+            let context = heartbeat_context(&r.cluster, now);
+            fleet_core::validate::command(&command, &context.actor, &context.reason)
+                .map_err(NodeError::from)?;
+            let verdict = |s: &fleet_core::State| {
+                s.check_against_state(&command, &context)?;
+                Ok::<_, fleet_core::CoreError>(s.report_needs_commit(&r.cluster, &report, now))
+            };
+            let mut needs_commit = self.0.read_state(verdict);
+            if needs_commit.is_err() {
+                needs_commit = self.0.read(Consistency::Linearizable, verdict).await?;
+            }
+            if needs_commit.map_err(NodeError::from)? {
+                self.0
+                    .write(command, agent_actor(&r.cluster), String::new())
+                    .await?;
+                committed += 1;
+            }
+            self.0.heartbeats.record(&r.cluster, &workload, now);
+        }
+        Ok(Response::new(ReportStatusResponse { committed }))
+    }
+}
+
+/// Sets a watch stream may have queued for a slow agent; it only needs the newest, so a full
+/// buffer just delays the next send.
+const WATCH_BUFFER: usize = 2;
+
+/// The actor an agent's status reports are committed as.
+fn agent_actor(cluster: &str) -> String {
+    format!("agent:{cluster}")
+}
+
+fn heartbeat_context(cluster: &str, now_ms: u64) -> fleet_core::Context {
+    fleet_core::Context {
+        now_ms,
+        actor: agent_actor(cluster),
+        reason: String::new(),
+    }
+}
+
+/// A cluster's assignments from this node's applied state, or NOT_FOUND.
+fn assignment_set(c: &Coordinator, cluster: &str) -> Result<AssignmentSet, Status> {
+    c.read_state(|s| {
+        let assignments = s.assignments(cluster)?;
+        Ok::<_, fleet_core::CoreError>(AssignmentSet {
+            version: s.assignment_set_version(cluster),
+            assignments: assignments.into_iter().map(convert::assignment).collect(),
+        })
+    })
+    .map_err(|e| NodeError::from(e).into())
+}
+
+/// Sends `first`, then a new set whenever the cluster's assignments change, until the agent
+/// goes away or the cluster is removed (then NOT_FOUND ends the stream).
+async fn serve_watch(
+    c: Arc<Coordinator>,
+    mut changed: tokio::sync::watch::Receiver<u64>,
+    cluster: String,
+    first: AssignmentSet,
+    tx: tokio::sync::mpsc::Sender<Result<AssignmentSet, Status>>,
+) {
+    let mut sent = first.clone();
+    if tx.send(Ok(first)).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            result = changed.changed() => if result.is_err() { return },
+            () = tx.closed() => return,
+        }
+        match assignment_set(&c, &cluster) {
+            Ok(set) if set != sent => {
+                sent = set.clone();
+                if tx.send(Ok(set)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        }
+    }
+}
