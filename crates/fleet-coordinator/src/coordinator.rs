@@ -21,9 +21,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fleet_core::{Command, Context, CoreError, Outcome, State};
+use fleet_core::{Command, Context, Outcome, State};
 use openraft::{BasicNode, ChangeMembers, ServerState};
-use serde::{Deserialize, Serialize};
 
 use crate::batcher::{BatchError, Batcher};
 use crate::error::NodeError;
@@ -31,7 +30,7 @@ use crate::grpc::network::{PeerIdentity, Peers};
 use crate::health::DiskHealth;
 pub use crate::limits::MAX_CATCH_UP_TIMEOUT;
 use crate::store::SharedState;
-use crate::types::{NodeId, ProposalItem, Raft, WriteId, new_write_id};
+use crate::types::{ForwardedReply, ForwardedWrite, NodeId, ProposalItem, Raft, new_write_id};
 
 /// How long a request waits for a leader before it fails with UNAVAILABLE.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
@@ -44,20 +43,6 @@ pub const DEFAULT_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many times a membership check asks an address that does not answer.
 pub const IDENTIFY_ATTEMPTS: u32 = 3;
-
-/// A write forwarded from a follower to the leader.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ForwardedWrite {
-    pub command: Command,
-    pub actor: String,
-    pub reason: String,
-    /// The same on every attempt of one write; absent from nodes that do not retry.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub write_id: Option<WriteId>,
-}
-
-/// The leader's answer to a forwarded write: the log index and outcome, or the refusal.
-pub type ForwardedReply = Result<(u64, Outcome), CoreError>;
 
 /// Read consistency of one read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,12 +30,11 @@ use std::time::{Duration, Instant};
 
 use fleet_core::Command;
 use openraft::ServerState;
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use crate::coordinator::Coordinator;
 pub use crate::limits::MAX_SUCCESSOR_LAG;
-use crate::types::NodeId;
+use crate::types::{HandoverReply, HandoverRequest, NodeId};
 use fleet_disk::FDATASYNC_P99_LIMIT;
 
 /// How often the guard judges the disk.
@@ -172,23 +171,6 @@ pub fn choose_successor<'a>(
         .filter(|c| c.matched_index + MAX_SUCCESSOR_LAG >= leader_last_index)
         .min_by_key(|c| (c.score_us(), u64::MAX - c.matched_index, c.id))
 }
-
-/// What a leader sends the follower it chose (`RaftService.TakeLeadership`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HandoverRequest {
-    pub from_node: NodeId,
-    /// The leader's term when it asked.
-    pub term: u64,
-    /// The successor must hold the log up to here.
-    pub leader_last_index: u64,
-    /// The figures behind the hand-over, for the audit log.
-    pub from_p99s_us: Vec<u64>,
-    pub to_p99_us: u64,
-    pub limit_us: u64,
-}
-
-/// The successor's answer.
-pub type HandoverReply = Result<(), String>;
 
 /// Judges this node's disk once a second, switches campaigning, and hands leadership over
 /// when this node leads on a stalled disk.

@@ -112,3 +112,37 @@ pub fn new_write_id() -> WriteId {
 /// and membership entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyResult(pub Vec<Result<Outcome, CoreError>>);
+
+// Messages between coordinators, JSON in `RaftService` payloads (`grpc::network` sends them,
+// `grpc::raft` receives them).
+
+/// A write forwarded from a follower to the leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardedWrite {
+    pub command: fleet_core::Command,
+    pub actor: String,
+    pub reason: String,
+    /// The same on every attempt of one write; absent from nodes that do not retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<WriteId>,
+}
+
+/// The leader's answer to a forwarded write: the log index and outcome, or the refusal.
+pub type ForwardedReply = Result<(u64, Outcome), CoreError>;
+
+/// What a leader sends the follower it chose (`RaftService.TakeLeadership`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverRequest {
+    pub from_node: NodeId,
+    /// The leader's term when it asked.
+    pub term: u64,
+    /// The successor must hold the log up to here.
+    pub leader_last_index: u64,
+    /// The figures behind the hand-over, for the audit log.
+    pub from_p99s_us: Vec<u64>,
+    pub to_p99_us: u64,
+    pub limit_us: u64,
+}
+
+/// The successor's answer.
+pub type HandoverReply = Result<(), String>;

@@ -205,6 +205,14 @@ impl NodeProcess {
         self.spawn(&[]);
     }
 
+    /// Starts the node again from its data dir with another `fleet-node` binary (e.g. a
+    /// product build, without failpoints) and extra environment; later restarts use it too.
+    pub fn restart_with_binary(&mut self, binary: &Path, env: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "node {} is still running", self.id);
+        self.binary = binary.to_path_buf();
+        self.restart_with_env(env);
+    }
+
     /// Starts the node again with these start flags (e.g. `["--join", ADDRESS]`) and extra
     /// environment, for this start only.
     pub fn restart_with_args(&mut self, args: &[&str], env: &[(&str, &str)]) {

@@ -20,9 +20,9 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::coordinator::ForwardedWrite;
-use crate::leadership::{HandoverReply, HandoverRequest};
 pub use crate::limits::MAX_RAFT_MESSAGE_BYTES;
+use crate::types::ForwardedWrite;
+use crate::types::{HandoverReply, HandoverRequest};
 use crate::types::{NodeId, TypeConfig};
 use fleet_api::limits::MAX_RESPONSE_BYTES;
 use fleet_api::proto::fleet_service_client::FleetServiceClient;
@@ -97,7 +97,7 @@ impl Peers {
     }
 
     /// `RaftService.Propose`: a forwarded write to the leader at `address`; its JSON reply
-    /// (a [`crate::coordinator::ForwardedReply`]).
+    /// (a [`crate::types::ForwardedReply`]).
     pub async fn propose(&self, address: &str, write: &ForwardedWrite) -> Result<Vec<u8>, Status> {
         let payload = self.payload(serde_json::to_vec(write).expect("commands serialize"));
         let reply = self.raft_client(address).propose(payload).await?;

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use openraft::raft::InstallSnapshotRequest;
 use tonic::{Request, Response, Status};
 
-use crate::coordinator::{Coordinator, ForwardedReply, ForwardedWrite};
+use crate::coordinator::Coordinator;
 use crate::error::NodeError;
 use crate::grpc::network::MAX_RAFT_MESSAGE_BYTES;
-use crate::leadership::{HandoverReply, HandoverRequest};
 pub use crate::limits::MAX_FAILPOINT_ACTIONS_BYTES;
 use crate::types::TypeConfig;
+use crate::types::{ForwardedReply, ForwardedWrite};
+use crate::types::{HandoverReply, HandoverRequest};
 use fleet_api::proto::raft_service_server::{RaftService, RaftServiceServer};
 use fleet_api::proto::*;
 use fleet_core::limits::{MAX_RAFT_TERM, MAX_RAFT_TERM_STEP};
