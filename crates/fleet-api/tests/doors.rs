@@ -247,3 +247,58 @@ fn every_proto_service_rpc_message_field_and_enum_value_is_commented() {
         found.join("\n")
     );
 }
+
+#[test]
+fn every_test_the_docs_cite_exists() {
+    // ARCHITECTURE.md, docs/GLOSSARY.md and README.md name the tests that keep their claims
+    // (`a_name_with_at_least_four_underscores`); a renamed or deleted test must not leave a
+    // claim pointing at nothing.
+    let root = workspace();
+    let mut sources = workspace_sources(&root);
+    for entry in std::fs::read_dir(root.join("crates")).unwrap() {
+        let tests = entry.unwrap().path().join("tests");
+        if tests.is_dir() {
+            rust_files(&tests, &mut sources);
+        }
+    }
+    rust_files(&root.join("chaos-tests").join("tests"), &mut sources);
+    let code: String = sources
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    let mut cited = 0;
+    let mut missing = Vec::new();
+    for doc in ["ARCHITECTURE.md", "docs/GLOSSARY.md", "README.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        // Inline code spans, outside fenced blocks (a span may wrap onto the next line).
+        let mut prose = String::new();
+        let mut fenced = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                fenced = !fenced;
+            } else if !fenced {
+                prose.push_str(line);
+                prose.push('\n');
+            }
+        }
+        for name in prose.split('`').skip(1).step_by(2) {
+            let is_name = name.starts_with(|c: char| c.is_ascii_lowercase())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !is_name || name.matches('_').count() < 4 {
+                continue;
+            }
+            cited += 1;
+            if !code.contains(&format!("fn {name}(")) {
+                missing.push(format!("{doc}: {name}"));
+            }
+        }
+    }
+    assert!(cited > 20, "found only {cited} cited tests");
+    assert!(
+        missing.is_empty(),
+        "cited, but no such function in the workspace:\n{}",
+        missing.join("\n")
+    );
+}
