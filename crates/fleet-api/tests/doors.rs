@@ -51,14 +51,7 @@ fn workspace() -> PathBuf {
 #[test]
 fn no_status_is_built_outside_fleet_api_status() {
     let root = workspace();
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(root.join("crates")).unwrap() {
-        let src = entry.unwrap().path().join("src");
-        if src.is_dir() {
-            rust_files(&src, &mut files);
-        }
-    }
-    rust_files(&root.join("chaos-tests").join("src"), &mut files);
+    let files = workspace_sources(&root);
     assert!(files.len() > 20, "found only {} source files", files.len());
     let allowed = root.join("crates/fleet-api/src/status.rs");
     let mut found = Vec::new();
