@@ -141,12 +141,7 @@ impl Peers {
         let mut request = tonic::Request::new(IdentifyRequest {});
         request.set_timeout(timeout);
         let mut client = self.raft_client(address);
-        let reply = tokio::time::timeout(timeout, client.identify(request))
-            .await
-            .map_err(|_| {
-                fleet_api::status::with_hint(tonic::Code::Unavailable, "no answer in time", "")
-            })??
-            .into_inner();
+        let reply = within(timeout, client.identify(request)).await?;
         Ok(PeerIdentity {
             cluster_id: reply.cluster_id,
             node_id: reply.node_id,
@@ -162,12 +157,7 @@ impl Peers {
         let mut request = tonic::Request::new(GetCoordinatorStatusRequest {});
         request.set_timeout(timeout);
         let mut client = self.fleet_client(address);
-        let reply = tokio::time::timeout(timeout, client.get_coordinator_status(request))
-            .await
-            .map_err(|_| {
-                fleet_api::status::with_hint(tonic::Code::Unavailable, "no answer in time", "")
-            })??
-            .into_inner();
+        let reply = within(timeout, client.get_coordinator_status(request)).await?;
         Ok(PeerStatus {
             now_ms: reply.now_ms,
             members: reply
@@ -223,6 +213,19 @@ impl Peers {
             .await?;
         Ok(reply.into_inner().result.map_or(0, |r| r.log_index))
     }
+}
+
+/// The answer of `call` within `timeout`; UNAVAILABLE ("no answer in time") after it.
+async fn within<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| {
+            fleet_api::status::with_hint(tonic::Code::Unavailable, "no answer in time", "")
+        })?
+        .map(tonic::Response::into_inner)
 }
 
 /// Who answers at an address (`RaftService.Identify`).
