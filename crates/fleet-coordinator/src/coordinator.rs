@@ -395,9 +395,10 @@ impl Coordinator {
                 .await
                 .map_err(NodeError::from_leader);
         }
-        {
-            // The learner is added under the lock; the catch-up wait runs without it, so that
-            // a learner that never catches up can be removed meanwhile.
+        // The learner is added under the lock; the catch-up wait runs without it, so that a
+        // learner that never catches up can be removed meanwhile. `added_at` is the log index of
+        // the membership that has the learner.
+        let added_at = {
             let _one_at_a_time = self
                 .membership_change
                 .try_lock()
@@ -436,14 +437,18 @@ impl Coordinator {
             }
             self.check_answers_as(id, &address).await?;
             if membership.get_node(&id).is_none() {
-                self.raft
+                let response = self
+                    .raft
                     .add_learner(id, BasicNode::new(address.clone()), false)
                     .await
                     .map_err(|e| NodeError::Raft(e.to_string()))?;
                 tracing::info!(node = id, %address, "coordinator added as a learner");
+                response.log_id.index
+            } else {
+                self.membership_index()
             }
-        }
-        self.wait_caught_up(id, catch_up).await?;
+        };
+        self.wait_caught_up(id, added_at, catch_up).await?;
         let _one_at_a_time = self
             .membership_change
             .try_lock()
@@ -547,6 +552,16 @@ impl Coordinator {
             .clone()
     }
 
+    /// The log index of the membership [`Self::membership`] returns (0 for the initial one).
+    fn membership_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .log_id()
+            .map_or(0, |l| l.index)
+    }
+
     /// `None` when this node leads; the leader's address when another node does.
     fn leader_elsewhere(&self) -> Result<Option<String>, NodeError> {
         match self.leader() {
@@ -593,10 +608,23 @@ impl Coordinator {
     }
 
     /// Waits until the leader's replication metrics show learner `id` at the leader's last log
-    /// index as it was when the wait began; logs progress every second.
-    async fn wait_caught_up(&self, id: NodeId, timeout: Duration) -> Result<(), NodeError> {
+    /// index as it was when the wait began; logs progress every second. `added_at` is the log
+    /// index of the membership that added the learner: the metrics are published after the
+    /// write returns, so a membership older than that one says nothing about a removal.
+    async fn wait_caught_up(
+        &self,
+        id: NodeId,
+        added_at: u64,
+        timeout: Duration,
+    ) -> Result<(), NodeError> {
         let started = Instant::now();
-        let target = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let target = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or(0)
+            .max(added_at);
         let mut last_report = Instant::now();
         loop {
             let matched = {
@@ -611,7 +639,7 @@ impl Coordinator {
             if matched.is_some_and(|m| m >= target) {
                 return Ok(());
             }
-            if self.membership().get_node(&id).is_none() {
+            if self.membership_index() >= added_at && self.membership().get_node(&id).is_none() {
                 return Err(NodeError::FailedPrecondition {
                     message: format!("node {id} was removed while it caught up"),
                     hint: "add it again if that was not meant".into(),
