@@ -12,6 +12,7 @@ pub mod error;
 pub mod limits;
 pub mod manifest;
 pub mod model;
+pub mod principal;
 pub mod promotion;
 pub mod render;
 pub mod rollout;
@@ -26,4 +27,5 @@ pub use model::{
     Assignment, Cluster, Environment, HealthState, ObjectStatus, Release, ReportedStatus, Revision,
     Site, StatusReport, StatusRow, SyncState, Workload,
 };
+pub use principal::{Principal, TrustDomain};
 pub use state::{AssignmentChange, ClusterHistory, State};
