@@ -441,10 +441,7 @@ impl System {
             })
             .await?;
         }
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.addresses[0]))?
-                .connect()
-                .await?;
+        let channel = fleet_testkit::channel(&self.addresses[0]).await?;
         PromotionServiceClient::new(channel)
             .set_pipeline(SetPipelineRequest {
                 workload: AGENT_WORKLOAD.into(),

@@ -53,11 +53,11 @@ impl Nodes {
         let channels = addresses
             .iter()
             .map(|a| {
-                tonic::transport::Endpoint::from_shared(format!("http://{a}"))
+                let endpoint = fleet_identity::Transport::endpoint(a)
                     .expect("a node address is a valid URI")
                     .connect_timeout(Duration::from_millis(500))
-                    .timeout(OPERATION_TIMEOUT)
-                    .connect_lazy()
+                    .timeout(OPERATION_TIMEOUT);
+                fleet_testkit::pki().transport().connect_lazy(endpoint)
             })
             .collect();
         Nodes {

@@ -9,6 +9,7 @@ use fleet_api::limits::MAX_RESPONSE_BYTES;
 use fleet_api::proto::agent_service_client::AgentServiceClient;
 use fleet_api::proto::{ReportStatusRequest, WatchAssignmentsRequest};
 use fleet_core::{Assignment, StatusReport};
+use fleet_identity::Transport;
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
@@ -16,7 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{address}"))?
+    Ok(Transport::endpoint(address)?
         .connect_timeout(Duration::from_secs(1))
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
@@ -47,16 +48,16 @@ fn failed(status: tonic::Status) -> String {
 }
 
 impl Coordinator {
-    /// Connects to the coordinator at `address` (HOST:PORT).
+    /// Connects to the coordinator at `address` (HOST:PORT) over `transport`.
     ///
     /// # Errors
-    /// Why the connection failed, as one line.
-    pub async fn connect(address: &str) -> Result<Self, String> {
-        let channel = endpoint(address)
-            .map_err(|e| e.to_string())?
-            .connect()
+    /// Why the connection failed, as one line (a refused certificate included).
+    pub async fn connect(transport: &Transport, address: &str) -> Result<Self, String> {
+        let endpoint = endpoint(address).map_err(|e| e.to_string())?;
+        let channel = transport
+            .connect(endpoint)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| fleet_identity::tls::describe(&e))?;
         Ok(Coordinator {
             client: AgentServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES),
         })

@@ -189,6 +189,9 @@ pub struct AgentConfig {
     pub target: TargetSpec,
     pub state_dir: PathBuf,
     pub resync_interval: Duration,
+    /// Mutual TLS with the cluster's certificate (`spiffe://TD/cluster/NAME`), or plaintext to
+    /// a loopback coordinator that runs with `--insecure-plaintext`.
+    pub transport: fleet_identity::Transport,
 }
 
 /// Jittered exponential backoff: the n-th wait is uniform in `[0, min(MAX, BASE·2ⁿ)]` ("full
@@ -270,7 +273,16 @@ async fn stream_assignments(
         let address = &config.endpoints[next % config.endpoints.len()];
         next += 1;
         let since = held.borrow().as_ref().map_or(0, |h| h.version);
-        match watch_one(address, &config.cluster, since, &cache, &held, &mut backoff).await {
+        let watched = watch_one(
+            &config.transport,
+            address,
+            &config.cluster,
+            since,
+            &cache,
+            &held,
+            &mut backoff,
+        );
+        match watched.await {
             Ok(()) => tracing::info!(%address, "assignment stream ended; reconnecting"),
             Err(error) => tracing::warn!(%address, %error, "assignment stream failed"),
         }
@@ -280,6 +292,7 @@ async fn stream_assignments(
 
 /// One `WatchAssignments` stream until it ends or fails.
 async fn watch_one(
+    transport: &fleet_identity::Transport,
     address: &str,
     cluster: &str,
     since_version: u64,
@@ -287,7 +300,7 @@ async fn watch_one(
     held: &watch::Sender<Option<Held>>,
     backoff: &mut Backoff,
 ) -> Result<(), String> {
-    let mut stream = Coordinator::connect(address)
+    let mut stream = Coordinator::connect(transport, address)
         .await?
         .watch(cluster, since_version)
         .await?;
@@ -643,7 +656,7 @@ async fn report_loop(config: Arc<AgentConfig>, mut reports: watch::Receiver<Vec<
             let address = &config.endpoints[index];
             let client = match clients.get(&index) {
                 Some(client) => client.clone(),
-                None => match Coordinator::connect(address).await {
+                None => match Coordinator::connect(&config.transport, address).await {
                     Ok(client) => clients.entry(index).or_insert(client).clone(),
                     Err(error) => {
                         tracing::debug!(%address, %error, "cannot connect to report status");

@@ -21,33 +21,6 @@ pub struct WireError {
     pub hint: String,
 }
 
-/// Request metadata naming the caller (until mutual TLS lands).
-pub const ACTOR_METADATA: &str = "x-fleet-actor";
-/// The same as [`ACTOR_METADATA`], as gRPC binary metadata: the UTF-8 bytes of any name.
-pub const ACTOR_BIN_METADATA: &str = "x-fleet-actor-bin";
-
-/// The audit actor for a request: `unauthenticated:NAME`, NAME from [`ACTOR_BIN_METADATA`]
-/// (UTF-8, for names beyond ASCII such as `kåre`) or else [`ACTOR_METADATA`] (ASCII), trimmed;
-/// `anonymous` when absent or blank. Control characters are kept here, so that
-/// `validate::command` refuses them with a message that names the actor.
-pub fn actor<T>(request: &tonic::Request<T>) -> String {
-    let metadata = request.metadata();
-    let name = metadata
-        .get_bin(ACTOR_BIN_METADATA)
-        .and_then(|v| v.to_bytes().ok())
-        .and_then(|b| String::from_utf8(b.to_vec()).ok())
-        .or_else(|| {
-            metadata
-                .get(ACTOR_METADATA)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        })
-        .map(|name| name.trim().to_string())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "anonymous".to_string());
-    format!("unauthenticated:{name}")
-}
-
 pub fn site(s: &Site) -> proto::Site {
     proto::Site {
         name: s.name.clone(),

@@ -657,11 +657,7 @@ async fn fanout(rounds: Vec<usize>, nodes: usize, releases: usize) -> anyhow::Re
         let mut channels = Vec::new();
         for c in 0..agents.div_ceil(STREAMS_PER_CONNECTION) {
             let node = serving[c % serving.len()];
-            let endpoint = tonic::transport::Endpoint::from_shared(format!(
-                "http://{}",
-                cluster.address(node)
-            ))?;
-            channels.push(endpoint.connect().await?);
+            channels.push(fleet_testkit::channel(&cluster.address(node)).await?);
         }
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(agents);
         let mut tasks = Vec::new();

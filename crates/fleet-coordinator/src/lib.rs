@@ -13,6 +13,7 @@ pub mod heartbeat;
 pub mod identity;
 pub mod leadership;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod planner;
 pub mod serve;

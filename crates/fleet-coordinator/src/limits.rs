@@ -57,3 +57,7 @@ pub const MAX_SUCCESSOR_LAG: u64 = 1024;
 pub const MAX_AUDIT_EVENTS_PER_PAGE: usize = 1000;
 /// Longest failpoint action string.
 pub const MAX_FAILPOINT_ACTIONS_BYTES: usize = 256;
+
+/// TLS handshakes a node runs at once (`listener.rs`); further connections wait in the
+/// kernel's accept queue. Each handshake has 10 s.
+pub const MAX_CONCURRENT_HANDSHAKES: usize = 256;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 use crate::batcher::{Batcher, MAX_ENTRIES_PER_APPEND};
@@ -77,6 +78,11 @@ pub struct CoordinatorConfig {
     /// A node whose clock is further than this from the voters' median does not lead or
     /// stamp times (see [`crate::clock`]).
     pub max_clock_offset_ms: u64,
+    /// This node's certificate (a `spiffe://TD/coordinator/ID` X509-SVID whose ID is
+    /// [`Self::id`]), key and CA: TLS for every service, client certificates judged per
+    /// request, mutual TLS to the other coordinators. `None` is plaintext without any
+    /// authentication, refused unless every listen and advertise address is loopback.
+    pub tls: Option<fleet_identity::Credentials>,
 }
 
 impl CoordinatorConfig {
@@ -98,8 +104,60 @@ impl CoordinatorConfig {
             guard: GuardConfig::default(),
             allow_failpoint_rpc: false,
             max_clock_offset_ms: crate::clock::DEFAULT_MAX_CLOCK_OFFSET_MS,
+            tls: None,
         }
     }
+
+    /// The TLS parts of this configuration: the server's rustls configuration, the
+    /// authenticator, and the transport to peers; or plaintext, when that is allowed.
+    ///
+    /// # Errors
+    /// `Startup` for plaintext on an address that is not loopback, for a certificate that is
+    /// not this node's, or for unusable TLS material.
+    fn security(&self) -> Result<Security, NodeError> {
+        let Some(own) = &self.tls else {
+            let loopback = |a: &str| a.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+            if !self.listen.ip().is_loopback() || !loopback(&self.advertise) {
+                return Err(NodeError::Startup(format!(
+                    "--insecure-plaintext serves everyone without authentication, so it is only \
+                     allowed when every address is loopback, and --listen {} / --advertise {} \
+                     is not. Serve TLS instead: --tls-cert, --tls-key and --tls-ca (make them \
+                     with `fleet-ctl pki init` and `fleet-ctl pki issue coordinator`)",
+                    self.listen, self.advertise
+                )));
+            }
+            return Ok(Security {
+                server: None,
+                authenticator: None,
+                peers: fleet_identity::Transport::Plaintext,
+            });
+        };
+        if own.principal != fleet_core::Principal::Coordinator(self.id) {
+            return Err(NodeError::Startup(format!(
+                "--tls-cert names {} (spiffe ID {}), not coordinator {}: give this node's own \
+                 certificate (fleet-ctl pki issue coordinator --id {} --host ...)",
+                own.principal,
+                own.principal.spiffe_id(&own.trust.trust_domain),
+                self.id,
+                self.id
+            )));
+        }
+        let tls = |e: fleet_identity::IdentityError| NodeError::Startup(e.to_string());
+        Ok(Security {
+            server: Some(fleet_identity::tls::server_config(own).map_err(tls)?),
+            authenticator: Some(Arc::new(
+                fleet_identity::Authenticator::new(&own.trust).map_err(tls)?,
+            )),
+            peers: fleet_identity::Transport::tls(&own.trust, Some(own)).map_err(tls)?,
+        })
+    }
+}
+
+/// What [`CoordinatorConfig::security`] makes.
+struct Security {
+    server: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    authenticator: Option<Arc<fleet_identity::Authenticator>>,
+    peers: fleet_identity::Transport,
 }
 
 /// Starts a coordinator and serves until `shutdown` completes, then stops cleanly.
@@ -113,9 +171,10 @@ where
     F: FnOnce(Arc<Coordinator>) -> R,
     R: Future<Output = Result<(), NodeError>>,
 {
+    let security = config.security()?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| NodeError::Startup(format!("data dir {}: {e}", config.data_dir.display())))?;
-    let identity = establish_identity(&config).await?;
+    let identity = establish_identity(&config, &security.peers).await?;
     let db = store::open_db(&config.data_dir).map_err(|e| {
         NodeError::Startup(format!("open sled in {}: {e}", config.data_dir.display()))
     })?;
@@ -142,7 +201,11 @@ where
     .validate()
     .map_err(|e| NodeError::Startup(format!("raft config: {e}")))?;
 
-    let peers = Peers::new(identity.cluster_id.clone(), config.id);
+    let peers = Peers::new(
+        identity.cluster_id.clone(),
+        config.id,
+        security.peers.clone(),
+    );
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),
@@ -212,23 +275,50 @@ where
         .await
         .map_err(|e| NodeError::Startup(format!("listen on {}: {e}", config.listen)))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let authenticate = grpc::auth::Authenticate(security.authenticator.clone());
+    let router = tonic::transport::Server::builder()
         // Finds agents that vanished without closing their watch streams.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(grpc::fleet::fleet_server(coordinator.clone()))
-        .add_service(grpc::agent::agent_server(coordinator.clone()))
-        .add_service(grpc::promotion::promotion_server(coordinator.clone()))
-        .add_service(grpc::raft::raft_server(coordinator.clone()))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = stop_rx.await;
-            },
-        );
-    let server = spawn_named("grpc-server", server);
+        .add_service(InterceptedService::new(
+            grpc::fleet::fleet_server(coordinator.clone()),
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            grpc::agent::agent_server(coordinator.clone()),
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            grpc::promotion::promotion_server(coordinator.clone()),
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            grpc::raft::raft_server(coordinator.clone()),
+            authenticate,
+        ));
+    let stopped = async {
+        let _ = stop_rx.await;
+    };
+    let server = match &security.server {
+        Some(tls) => {
+            let (incoming, accept) = crate::listener::tls_incoming(listener, tls.clone());
+            background.spawn("tls-accept", accept);
+            spawn_named(
+                "grpc-server",
+                router.serve_with_incoming_shutdown(incoming, stopped),
+            )
+        }
+        None => spawn_named(
+            "grpc-server",
+            router.serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stopped,
+            ),
+        ),
+    };
     tracing::info!(
         node = config.id,
+        tls = security.server.is_some(),
         listen = %config.listen,
         data_dir = %config.data_dir.display(),
         max_request_bytes = MAX_REQUEST_BYTES,
@@ -354,7 +444,10 @@ async fn publish_metrics(raft: Raft, health: Arc<DiskHealth>) {
 /// Reads this node's identity from its data dir, or makes one: a new cluster id for
 /// `--bootstrap`, the member's for `--join`, `format0` for a data dir from before identities.
 /// Refuses an empty data dir without either flag, and a data dir of another node id.
-async fn establish_identity(config: &CoordinatorConfig) -> Result<Identity, NodeError> {
+async fn establish_identity(
+    config: &CoordinatorConfig,
+    transport: &fleet_identity::Transport,
+) -> Result<Identity, NodeError> {
     let dir = config.data_dir.clone();
     let found = tokio::task::spawn_blocking(move || identity::inspect(&dir))
         .await
@@ -393,7 +486,7 @@ async fn establish_identity(config: &CoordinatorConfig) -> Result<Identity, Node
                 )));
             }
             Start::Bootstrap | Start::BootstrapOrResume => identity::new_cluster_id()?,
-            Start::Join(member) => cluster_id_for_join(member, config.id).await?,
+            Start::Join(member) => cluster_id_for_join(member, config.id, transport).await?,
         },
     };
     let identity = Identity {
@@ -414,8 +507,12 @@ async fn establish_identity(config: &CoordinatorConfig) -> Result<Identity, Node
 /// member has confirmed that node `id` is not a member. This runs before the node writes its
 /// identity or serves anything: a node that lost its disk must not come back under an id the
 /// cluster still counts on, not even for the moment a refused join takes.
-async fn cluster_id_for_join(member: &str, id: NodeId) -> Result<String, NodeError> {
-    let peers = Peers::new(String::new(), 0);
+async fn cluster_id_for_join(
+    member: &str,
+    id: NodeId,
+    transport: &fleet_identity::Transport,
+) -> Result<String, NodeError> {
+    let peers = Peers::new(String::new(), 0, transport.clone());
     for attempt in 1..=MAX_JOIN_ATTEMPTS {
         let asked = async {
             let identity = identify(&peers, member).await?;

@@ -1,17 +1,17 @@
-//! The connection to the coordinators: endpoint failover, the actor header, timeouts, and
+//! The connection to the coordinators: endpoint failover, mutual TLS, timeouts, and
 //! errors that carry the coordinator's hint and an exit code.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fleet_api::convert::{ACTOR_BIN_METADATA, ACTOR_METADATA};
 use fleet_api::proto::GetCoordinatorStatusRequest;
 use fleet_api::proto::GetCoordinatorStatusResponse;
 use fleet_api::proto::fleet_service_client::FleetServiceClient;
 use fleet_api::proto::promotion_service_client::PromotionServiceClient;
+use fleet_identity::Transport;
 use thiserror::Error;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 /// How long to wait for a connection (TCP and the HTTP/2 handshake) to one endpoint before
@@ -71,6 +71,7 @@ impl CtlError {
                 Code::NotFound => 3,
                 Code::AlreadyExists | Code::FailedPrecondition => 4,
                 Code::Unavailable => 5,
+                Code::Unauthenticated | Code::PermissionDenied => 7,
                 _ => 1,
             },
             CtlError::Unreachable { .. } => 5,
@@ -92,10 +93,9 @@ impl CtlError {
     }
 }
 
-/// Wraps a request message with the actor header and the timeout.
+/// Wraps a request message with the timeout.
 #[derive(Clone)]
 pub struct Req {
-    actor: String,
     timeout: Duration,
 }
 
@@ -103,17 +103,6 @@ impl Req {
     pub fn wrap<M>(&self, message: M) -> Request<M> {
         let mut request = Request::new(message);
         request.set_timeout(self.timeout);
-        // Names beyond printable ASCII (kåre) travel as binary metadata.
-        if self.actor.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            if let Ok(value) = self.actor.parse() {
-                request.metadata_mut().insert(ACTOR_METADATA, value);
-            }
-        } else {
-            request.metadata_mut().insert_bin(
-                ACTOR_BIN_METADATA,
-                tonic::metadata::MetadataValue::from_bytes(self.actor.as_bytes()),
-            );
-        }
         request
     }
 }
@@ -128,34 +117,51 @@ fn promotion_client(channel: Channel) -> PromotionServiceClient<Channel> {
         .max_decoding_message_size(fleet_api::limits::MAX_RESPONSE_BYTES)
 }
 
+/// Why there is no connection to an endpoint; `hung` when it did not answer in time (as
+/// opposed to refusing the connection or the certificate).
+struct Unconnected {
+    detail: String,
+    hung: bool,
+}
+
 pub struct Client {
     endpoints: Vec<String>,
+    transport: Transport,
     req: Req,
     /// The endpoint that answered last; tried first.
     preferred: AtomicUsize,
 }
 
 impl Client {
-    pub fn new(endpoints: Vec<String>, actor: String, timeout: Duration) -> Self {
+    pub fn new(endpoints: Vec<String>, transport: Transport, timeout: Duration) -> Self {
         Client {
             endpoints,
-            req: Req { actor, timeout },
+            transport,
+            req: Req { timeout },
             preferred: AtomicUsize::new(0),
         }
     }
 
     /// A connection to one endpoint, or why there is none; nothing has been sent on failure.
-    async fn connect(address: &str) -> Result<Channel, String> {
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| format!("{address}: {e}"))?
+    async fn connect(&self, address: &str) -> Result<Channel, Unconnected> {
+        let endpoint = Transport::endpoint(address)
+            .map_err(|e| Unconnected {
+                detail: format!("{address}: {e}"),
+                hung: false,
+            })?
             .connect_timeout(CONNECT_TIMEOUT);
-        match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
-            Ok(result) => result.map_err(|e| format!("{address}: {e}")),
-            Err(_) => Err(format!(
-                "{address}: no connection within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            )),
-        }
+        let started = tokio::time::Instant::now();
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, self.transport.connect(endpoint));
+        let detail = match connected.await {
+            Ok(Ok(channel)) => return Ok(channel),
+            Ok(Err(e)) => fleet_identity::tls::describe(&e),
+            Err(_) => format!("no connection within {} s", CONNECT_TIMEOUT.as_secs()),
+        };
+        // Refused connections and certificates fail at once; only silence takes this long.
+        Err(Unconnected {
+            detail: format!("{address}: {detail}"),
+            hung: started.elapsed() >= CONNECT_TIMEOUT.mul_f32(0.9),
+        })
     }
 
     /// A write to the FleetService: the endpoints in turn until one answers with anything
@@ -216,10 +222,19 @@ impl Client {
         for i in 0..n {
             let index = (first + i) % n;
             let address = &self.endpoints[index];
-            let channel = match Self::connect(address).await {
+            let channel = match self.connect(address).await {
                 Ok(c) => c,
-                Err(e) => {
-                    problems.push(e);
+                Err(Unconnected { detail, hung }) => {
+                    if hung && i + 1 < n {
+                        // A stopped process completes the TCP handshake (the kernel does it) but
+                        // never the TLS one: it did not answer, as a read would say.
+                        eprintln!(
+                            "warning: {address} did not answer within {} ms (no TLS handshake); \
+                             trying the next endpoint",
+                            CONNECT_TIMEOUT.as_millis()
+                        );
+                    }
+                    problems.push(detail);
                     continue;
                 }
             };
@@ -228,10 +243,7 @@ impl Client {
                 Kind::Read => left.min(READ_ATTEMPT_TIMEOUT),
                 Kind::Write => left,
             };
-            let req = Req {
-                actor: self.req.actor.clone(),
-                timeout: attempt,
-            };
+            let req = Req { timeout: attempt };
             // The request carries the attempt's deadline (grpc-timeout; a call may set a longer
             // one, as `coordinator add` does for its catch-up), which tonic enforces on this side
             // too and the node honours. A read is also cut off here, whatever the call set.
@@ -287,7 +299,7 @@ impl Client {
 
     /// One node's own status, or None when it does not answer within a second.
     pub async fn status_of(&self, address: &str) -> Option<GetCoordinatorStatusResponse> {
-        let channel = Self::connect(address).await.ok()?;
+        let channel = self.connect(address).await.ok()?;
         let mut client = FleetServiceClient::new(channel);
         let mut request = Request::new(GetCoordinatorStatusRequest {});
         request.set_timeout(Duration::from_secs(1));

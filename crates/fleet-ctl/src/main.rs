@@ -3,10 +3,11 @@
 //! Data goes to stdout (`-o table` or `-o json`), messages to stderr. Exit codes:
 //! 0 success, 1 other failure, 2 usage or invalid argument, 3 not found, 4 already exists or
 //! failed precondition, 5 no coordinator reachable or no leader, 6 a write was sent but not
-//! answered (it may or may not have been applied). Output to a closed pipe ends the process
-//! quietly (SIGPIPE).
+//! answered (it may or may not have been applied), 7 not authenticated or not allowed. Output
+//! to a closed pipe ends the process quietly (SIGPIPE).
 
 mod client;
+mod identity;
 mod output;
 mod promotion;
 
@@ -29,22 +30,11 @@ use crate::output::{Table, format_time_ms};
     about = "Operate a fleet: clusters, workloads, releases"
 )]
 struct Cli {
-    /// Coordinator endpoints, HOST:PORT, comma-separated; tried in order until one answers.
-    #[arg(
-        long,
-        env = "FLEET_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:7400",
-        value_parser = fleet_api::address::host_port,
-        global = true
-    )]
-    endpoints: Vec<String>,
+    #[command(flatten)]
+    connection: identity::Connection,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table, global = true)]
     output: Format,
-    /// Who acts, recorded in the audit log (unauthenticated until mutual TLS).
-    #[arg(long = "as", env = "FLEET_ACTOR", global = true)]
-    actor: Option<String>,
     /// Why, recorded in the audit log with every change.
     #[arg(long, default_value = "", global = true)]
     reason: String,
@@ -66,6 +56,13 @@ enum Format {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The built-in CA: make one, issue certificates from it. Talks to no coordinator.
+    #[command(subcommand)]
+    Pki(identity::PkiCmd),
+    /// The contexts in the config file ($XDG_CONFIG_HOME/fleet/config.yaml). Talks to no
+    /// coordinator.
+    #[command(subcommand)]
+    Config(identity::ConfigCmd),
     /// The coordinator nodes.
     #[command(subcommand)]
     Coordinator(CoordinatorCmd),
@@ -97,7 +94,7 @@ enum Cmd {
     /// Set every cluster of ENV to an earlier revision; the replaced one is rejected and never
     /// selected automatically again.
     Rollback(promotion::RollbackArgs),
-    /// Approve the promotion waiting in ENV (as --as NAME).
+    /// Approve the promotion waiting in ENV, as the operator your certificate names.
     Approve(promotion::Target),
     /// Freeze windows: no promotion into the environment starts or advances during one.
     #[command(subcommand)]
@@ -366,25 +363,19 @@ fn consistency(cli: &Cli) -> i32 {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let actor = cli
-        .actor
-        .clone()
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "anonymous".into());
-    let client = Client::new(
-        cli.endpoints.clone(),
-        actor,
-        Duration::from_secs(cli.timeout_s),
-    );
     let json = cli.output == Format::Json;
-    if let Cmd::DiskBench {
-        dir,
-        size,
-        block_size,
-    } = &cli.command
-    {
-        return disk_bench(dir, *size, *block_size, json);
+    match cli.command {
+        Cmd::DiskBench {
+            dir,
+            size,
+            block_size,
+        } => return disk_bench(&dir, size, block_size, json),
+        Cmd::Pki(command) => return identity::pki(command),
+        Cmd::Config(command) => return identity::config(command, json),
+        _ => {}
     }
+    let (endpoints, transport) = identity::resolve(&cli.connection)?;
+    let client = Client::new(endpoints, transport, Duration::from_secs(cli.timeout_s));
     let reason = cli.reason.clone();
     let c = consistency(&cli);
     match cli.command {
@@ -752,7 +743,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             audit(&client, c, filter, page, limit, json).await
         }
-        Cmd::DiskBench { .. } => unreachable!("handled before connecting"),
+        Cmd::DiskBench { .. } | Cmd::Pki(_) | Cmd::Config(_) => {
+            unreachable!("handled before connecting")
+        }
         Cmd::History { cluster, at } => history(&client, c, cluster, at, json).await,
         Cmd::Pipeline(cmd) => promotion::pipeline(&client, cmd, reason, c, json).await,
         Cmd::Promote(a) => promotion::promote(&client, a, reason, json).await,

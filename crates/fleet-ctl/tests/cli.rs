@@ -8,17 +8,16 @@ use std::time::Duration;
 use fleet_testkit::{ProcessCluster, free_port};
 use serde_json::Value;
 
-use common::{ctl, git, ok_json};
+use common::{ctl, ctl_as, git, ok_json, ok_json_as, operator};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_registers_publishes_by_ref_and_reports_status_as_json() {
     let cluster = ProcessCluster::start(1, &[]).await;
     let ep = cluster.endpoints();
-    ok_json(
+    ok_json_as(
+        &operator("alice"),
         &ep,
-        &[
-            "site", "add", "oslo", "--as", "alice", "--reason", "new site",
-        ],
+        &["site", "add", "oslo", "--reason", "new site"],
     );
     ok_json(
         &ep,
@@ -123,7 +122,7 @@ async fn ctl_registers_publishes_by_ref_and_reports_status_as_json() {
             "publish_release"
         ]
     );
-    assert_eq!(events[0]["actor"], "unauthenticated:alice");
+    assert_eq!(events[0]["actor"], "alice", "the certificate's operator");
     assert_eq!(events[0]["reason"], "new site");
     for pair in events.windows(2) {
         assert_eq!(pair[1]["prev_hash"], pair[0]["hash"]);
@@ -304,17 +303,21 @@ async fn ctl_coordinator_disk_shows_each_nodes_probe_and_verdict() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctl_actors_beyond_ascii_are_recorded_as_given_and_control_characters_are_refused() {
+async fn ctl_actors_are_the_certificates_operators_and_control_characters_in_reasons_are_refused() {
     let cluster = ProcessCluster::start(1, &[]).await;
     let ep = cluster.endpoints();
-    ok_json(&ep, &["--as", "kåre", "site", "add", "oslo"]);
-    ok_json(&ep, &["--as", "  Ola Nordmann ", "site", "add", "bergen"]);
+    ok_json_as(&operator("kari"), &ep, &["site", "add", "oslo"]);
+    ok_json_as(&operator("ola.nordmann"), &ep, &["site", "add", "bergen"]);
     let audit = ok_json(&ep, &["audit"]);
-    assert_eq!(
-        audit["events"][0]["actor"], "unauthenticated:kåre",
-        "{audit}"
+    assert_eq!(audit["events"][0]["actor"], "kari", "{audit}");
+    assert_eq!(audit["events"][1]["actor"], "ola.nordmann");
+    // `--as` is gone: the actor is who the certificate says, nothing else.
+    let out = ctl_as(
+        &operator("kari"),
+        &ep,
+        &["--as", "per", "site", "add", "tromso"],
     );
-    assert_eq!(audit["events"][1]["actor"], "unauthenticated:Ola Nordmann");
+    assert_eq!(out.status.code(), Some(2), "--as is refused as unknown");
 
     // A reason with a newline once made `freeze list` show a freeze that did not exist.
     let out = ctl(
@@ -334,9 +337,9 @@ async fn ctl_actors_beyond_ascii_are_recorded_as_given_and_control_characters_ar
         "{stderr}"
     );
     // (NUL cannot be a process argument; the core tests refuse it.)
-    for actor in ["ka\u{1b}[2Jri", "kari\u{7}"] {
-        let out = ctl(&ep, &["--as", actor, "site", "add", "tromso"]);
-        assert_eq!(out.status.code(), Some(2), "{actor:?}");
+    for reason in ["ka\u{1b}[2Jri", "kari\u{7}"] {
+        let out = ctl(&ep, &["--reason", reason, "site", "add", "tromso"]);
+        assert_eq!(out.status.code(), Some(2), "{reason:?}");
     }
     let sites = ok_json(&ep, &["site", "list"]);
     assert_eq!(sites["sites"].as_array().unwrap().len(), 2, "{sites}");

@@ -118,6 +118,9 @@ fn watch(ep: &str) -> Child {
         ])
         .args(["--watch", "-o", "json"])
         .env_remove("FLEET_ENDPOINTS")
+        .envs(fleet_testkit::TestPki::ctl_env(
+            fleet_testkit::pki().admin(),
+        ))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

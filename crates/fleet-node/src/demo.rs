@@ -7,8 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_core::Command;
+use std::net::SocketAddr;
+
 use fleet_core::rollout::Pipeline;
+use fleet_core::{Command, Principal, TrustDomain};
+use fleet_identity::contexts::{self, CtlConfig, NamedContext};
+use fleet_identity::pki::{COORDINATOR_TTL, Ca, Validity};
+use fleet_identity::{Credentials, TlsFiles, Transport};
 
 use fleet_agent::{AgentConfig, TargetSpec};
 use fleet_api::tasks::spawn_named;
@@ -129,16 +134,127 @@ pub async fn seed(c: &Arc<Coordinator>, repository: &Path) -> Result<(), NodeErr
     Ok(())
 }
 
+/// The operators the demo makes certificates and fleet-ctl contexts for (the README's
+/// walkthrough: kari publishes and promotes, ola and per approve).
+pub const OPERATORS: [&str; 3] = ["kari", "ola", "per"];
+
+/// The demo's PKI under `pki/`: a CA (made once), the coordinator's certificate for the
+/// address it listens on (made at every start), one certificate per demo cluster and per
+/// operator (made once each).
+pub struct Pki {
+    pub dir: PathBuf,
+    pub coordinator: Credentials,
+    clusters: BTreeMap<String, Credentials>,
+}
+
+impl Pki {
+    pub fn make(dir: &Path, listen: SocketAddr) -> Result<Pki, NodeError> {
+        let pki = |e: fleet_identity::IdentityError| startup("pki", e);
+        if !dir.join("ca.pem").exists() {
+            Ca::generate(&TrustDomain::default())
+                .and_then(|ca| ca.write(dir))
+                .map_err(pki)?;
+        }
+        let dir = std::fs::canonicalize(dir).map_err(|e| startup("pki", e))?;
+        let ca = Ca::load(&dir, None).map_err(pki)?;
+        let hosts = vec![listen.ip().to_string(), "localhost".to_string()];
+        let load = |name: &str| {
+            Credentials::load(
+                &TlsFiles {
+                    ca: dir.join("ca.pem"),
+                    cert: dir.join(format!("{name}.pem")),
+                    key: dir.join(format!("{name}-key.pem")),
+                },
+                None,
+            )
+            .map_err(pki)
+        };
+        ca.issue(
+            &Principal::Coordinator(1),
+            &hosts,
+            Validity::from_now(COORDINATOR_TTL),
+        )
+        .and_then(|issued| issued.write(&dir, "coordinator-1"))
+        .map_err(pki)?;
+        let once = |principal: Principal, name: &str, ttl| {
+            if !dir.join(format!("{name}.pem")).exists() {
+                ca.issue(&principal, &[], Validity::from_now(ttl))
+                    .and_then(|issued| issued.write(&dir, name))
+                    .map_err(pki)?;
+            }
+            Ok::<_, NodeError>(())
+        };
+        let mut clusters = BTreeMap::new();
+        for (cluster, _, _) in CLUSTERS {
+            let name = format!("cluster-{cluster}");
+            once(Principal::Cluster(cluster.into()), &name, COORDINATOR_TTL)?;
+            clusters.insert(cluster.to_string(), load(&name)?);
+        }
+        for operator in OPERATORS {
+            once(
+                Principal::Operator(operator.into()),
+                &format!("operator-{operator}"),
+                COORDINATOR_TTL,
+            )?;
+        }
+        Ok(Pki {
+            coordinator: load("coordinator-1")?,
+            clusters,
+            dir,
+        })
+    }
+}
+
+/// Writes one fleet-ctl context per operator (named after them) into the fleet-ctl config
+/// file, as kind does for kubectl, and makes `kari` the current context when none is set.
+/// Returns the file's path.
+pub fn write_contexts(pki: &Pki, listen: SocketAddr) -> Result<PathBuf, NodeError> {
+    let path = contexts::config_path().ok_or_else(|| {
+        startup(
+            "fleet-ctl contexts",
+            "neither FLEET_CONFIG, XDG_CONFIG_HOME nor HOME is set",
+        )
+    })?;
+    let mut config = CtlConfig::load(&path).map_err(|e| startup("fleet-ctl contexts", e))?;
+    for operator in OPERATORS {
+        config.upsert(NamedContext {
+            name: operator.into(),
+            endpoints: vec![listen.to_string()],
+            ca: Some(pki.dir.join("ca.pem")),
+            cert: Some(pki.dir.join(format!("operator-{operator}.pem"))),
+            key: Some(pki.dir.join(format!("operator-{operator}-key.pem"))),
+            insecure_plaintext: false,
+        });
+    }
+    if config.current_context.is_none() {
+        config.current_context = Some(OPERATORS[0].into());
+    }
+    config
+        .save(&path)
+        .map_err(|e| startup("fleet-ctl contexts", e))?;
+    Ok(path)
+}
+
 /// Starts one agent task per demo cluster against `endpoint`, writing under
-/// `roots/<cluster>/` with its state in `state/<cluster>/`.
-pub fn start_agents(endpoint: &str, roots: &Path, state: &Path) {
+/// `roots/<cluster>/` with its state in `state/<cluster>/`, each with its cluster's
+/// certificate.
+pub fn start_agents(pki: &Pki, endpoint: &str, roots: &Path, state: &Path) {
     for (cluster, _, _) in CLUSTERS {
+        let own = &pki.clusters[cluster];
+        let transport = match Transport::tls(&own.trust, Some(own)) {
+            Ok(transport) => transport,
+            Err(error) => {
+                tracing::error!(%error, cluster, "demo agent not started");
+                continue;
+            }
+        };
         let config = AgentConfig {
             cluster: cluster.into(),
             endpoints: vec![endpoint.to_string()],
             target: TargetSpec::Files(roots.join(cluster)),
             state_dir: state.join(cluster),
             resync_interval: Duration::from_secs(10),
+            transport,
         };
         spawn_named("demo-agent", async move {
             if let Err(error) = fleet_agent::run(config, std::future::pending()).await {
@@ -151,6 +267,7 @@ pub fn start_agents(endpoint: &str, roots: &Path, state: &Path) {
 /// Where the demo keeps its parts, below the coordinator's data directory and the working
 /// directory.
 pub struct DemoPaths {
+    pub pki: PathBuf,
     pub repository: PathBuf,
     pub agent_state: PathBuf,
     pub roots: PathBuf,
@@ -159,6 +276,7 @@ pub struct DemoPaths {
 impl DemoPaths {
     pub fn new(data_dir: &Path, roots: &Path) -> Self {
         DemoPaths {
+            pki: data_dir.join("pki"),
             repository: data_dir.join("demo-repo"),
             agent_state: data_dir.join("agents"),
             roots: roots.to_path_buf(),

@@ -48,6 +48,36 @@ struct AgentArgs {
     /// Time between full resyncs (drift repair and heartbeat), e.g. 30s, 500ms.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     resync_interval: std::time::Duration,
+    #[command(flatten)]
+    tls: ClientTls,
+}
+
+/// How an agent proves who it is: the cluster's certificate (spiffe://TD/cluster/NAME).
+#[derive(Args)]
+struct ClientTls {
+    /// The fleet's CA certificate (PEM), to check the coordinators against.
+    #[arg(long, env = "FLEET_CA", required_unless_present = "insecure_plaintext")]
+    ca: Option<PathBuf>,
+    /// This cluster's certificate (PEM), issued by `fleet-ctl pki issue cluster NAME`.
+    #[arg(
+        long,
+        env = "FLEET_CERT",
+        required_unless_present = "insecure_plaintext"
+    )]
+    cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(
+        long,
+        env = "FLEET_KEY",
+        required_unless_present = "insecure_plaintext"
+    )]
+    key: Option<PathBuf>,
+    /// The SPIFFE trust domain (default: the CA's, else fleet.local).
+    #[arg(long)]
+    trust_domain: Option<String>,
+    /// Talk plaintext to a loopback coordinator that runs with --insecure-plaintext.
+    #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
+    insecure_plaintext: bool,
 }
 
 fn parse_target(value: &str) -> Result<fleet_agent::TargetSpec, String> {
@@ -82,8 +112,52 @@ struct CoordinatorArgs {
     /// Ask the member at HOST:PORT to add this node as a voter.
     #[arg(long, value_name = "HOST:PORT", value_parser = fleet_api::address::host_port)]
     join: Option<String>,
+    /// This node's certificate (PEM): spiffe://TD/coordinator/ID, with the addresses it is
+    /// reached at as DNS/IP SANs (`fleet-ctl pki issue coordinator`). Read at start; a new
+    /// one takes a restart.
+    #[arg(long, required_unless_present = "insecure_plaintext")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, required_unless_present = "insecure_plaintext")]
+    tls_key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) every peer, agent and operator certificate must lead to.
+    #[arg(long, required_unless_present = "insecure_plaintext")]
+    tls_ca: Option<PathBuf>,
+    /// The SPIFFE trust domain (default: the CA's, else fleet.local).
+    #[arg(long)]
+    trust_domain: Option<String>,
+    /// Serve plaintext without any authentication; refused unless --listen and --advertise
+    /// are loopback addresses.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_ca"])]
+    insecure_plaintext: bool,
     #[command(flatten)]
     tuning: Tuning,
+}
+
+/// The trust domain given on the command line, checked.
+fn trust_domain(value: Option<&str>) -> anyhow::Result<Option<fleet_core::TrustDomain>> {
+    value
+        .map(|v| fleet_core::TrustDomain::parse("--trust-domain", v))
+        .transpose()
+        .map_err(Into::into)
+}
+
+/// Loads a certificate, key and CA; the error names the files.
+fn credentials(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    domain: Option<&str>,
+) -> anyhow::Result<fleet_identity::Credentials> {
+    let files = fleet_identity::TlsFiles {
+        ca: ca.to_path_buf(),
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+    };
+    Ok(fleet_identity::Credentials::load(
+        &files,
+        trust_domain(domain)?.as_ref(),
+    )?)
 }
 
 #[derive(Args)]
@@ -185,12 +259,29 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     if args.resync_interval < std::time::Duration::from_millis(100) {
         anyhow::bail!("--resync-interval must be at least 100ms");
     }
+    let transport = match (&args.tls.ca, &args.tls.cert, &args.tls.key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            let own = credentials(ca, cert, key, args.tls.trust_domain.as_deref())?;
+            if own.principal != fleet_core::Principal::Cluster(args.cluster.clone()) {
+                anyhow::bail!(
+                    "--cert names {}, not cluster {}: give this cluster's certificate \
+                     (fleet-ctl pki issue cluster {})",
+                    own.principal,
+                    args.cluster,
+                    args.cluster
+                );
+            }
+            fleet_identity::Transport::tls(&own.trust, Some(&own))?
+        }
+        _ => fleet_identity::Transport::Plaintext,
+    };
     let config = fleet_agent::AgentConfig {
         cluster: args.cluster,
         endpoints: args.endpoints,
         target: args.target,
         state_dir: args.state_dir,
         resync_interval: args.resync_interval,
+        transport,
     };
     fleet_agent::run(config, shutdown_signal()).await?;
     Ok(())
@@ -205,6 +296,9 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let mut config = CoordinatorConfig::new(args.id, args.listen, args.data_dir, start);
     if let Some(advertise) = args.advertise {
         config.advertise = advertise.to_string();
+    }
+    if let (Some(ca), Some(cert), Some(key)) = (&args.tls_ca, &args.tls_cert, &args.tls_key) {
+        config.tls = Some(credentials(ca, cert, key, args.trust_domain.as_deref())?);
     }
     config.heartbeat_interval_ms = args.tuning.heartbeat_interval_ms;
     config.election_timeout_ms_min = args.tuning.election_timeout_ms_min;
@@ -241,16 +335,24 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let metrics = args.metrics_listen;
     let listen = args.listen;
     let paths = DemoPaths::new(&args.data_dir, &args.roots);
+    let pki = demo::Pki::make(&paths.pki, listen)?;
+    config.tls = Some(pki.coordinator.clone());
+    let contexts = demo::write_contexts(&pki, listen)?;
     serve::run(config, shutdown_signal(), move |c| async move {
         demo::seed(&c, &paths.repository).await?;
-        demo::start_agents(&listen.to_string(), &paths.roots, &paths.agent_state);
+        demo::start_agents(&pki, &listen.to_string(), &paths.roots, &paths.agent_state);
         eprintln!(
-            "fleet demo: coordinator on {listen} (data in {}), metrics on http://{metrics}/metrics,\n\
+            "fleet demo: coordinator on {listen} over mutual TLS (data in {}), metrics on \
+             http://{metrics}/metrics,\n\
              one agent per demo cluster writing under {}/<cluster>/web/, demo repository in {}.\n\
-             Try: fleet-ctl --endpoints {listen} status",
+             CA and certificates in {}; fleet-ctl contexts {} written to {}.\n\
+             Try: fleet-ctl --context kari status",
             args.data_dir.display(),
             paths.roots.display(),
             paths.repository.display(),
+            paths.pki.display(),
+            demo::OPERATORS.join(", "),
+            contexts.display(),
         );
         Ok(())
     })

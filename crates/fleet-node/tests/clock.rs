@@ -94,9 +94,7 @@ async fn a_leader_whose_clock_jumps_a_day_ahead_stops_leading_and_stamps_nothing
     .unwrap();
     // The report's input: a freeze that covers the real time, and a leader a day ahead, for
     // which the freeze has ended.
-    let mut p = PromotionServiceClient::connect(format!("http://{live}"))
-        .await
-        .unwrap();
+    let mut p = PromotionServiceClient::new(fleet_testkit::channel(&live).await.unwrap());
     let now = real_now_ms();
     p.add_freeze(AddFreezeRequest {
         environment: "staging".into(),

@@ -31,8 +31,11 @@ fn ctl(address: &str, args: &[&str]) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let output = Command::new(sibling_binary("fleet-ctl"))
-            .args(["--endpoints", address, "-o", "json", "--as", "tester"])
+            .args(["--endpoints", address, "-o", "json"])
             .args(args)
+            .envs(fleet_testkit::TestPki::ctl_env(
+                fleet_testkit::pki().admin(),
+            ))
             .output()
             .unwrap();
         if output.status.success() {

@@ -31,13 +31,22 @@ async fn raft_messages_with_an_impossible_term_or_from_another_cluster_or_a_non_
     let mut cluster = ProcessCluster::start(3, &[]).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let follower = cluster.others(leader)[0];
-    let mut raft = RaftServiceClient::connect(format!("http://{}", cluster.address(follower)))
-        .await
-        .unwrap();
+    // The forger holds a certificate of a member (the leader's id): these checks are what is
+    // left when a member's key is stolen or a member misbehaves.
+    let leader_cert = fleet_testkit::pki().issue(
+        &fleet_core::Principal::Coordinator(leader),
+        &["127.0.0.1".to_string()],
+        "forger",
+    );
+    let as_leader = fleet_testkit::pki().transport_as(&leader_cert);
+    let mut raft = RaftServiceClient::new(
+        fleet_testkit::channel_as(&cluster.address(follower), &as_leader)
+            .await
+            .unwrap(),
+    );
     let cluster_id = cluster.status(leader).await.unwrap().cluster_id;
     assert_eq!(cluster_id.len(), 32, "{cluster_id:?}");
-    // The term openraft would overflow on (`u64::MAX`), in the leader's name (the sender is
-    // named, not proven, until mutual TLS).
+    // The term openraft would overflow on (`u64::MAX`), in the leader's name.
     let append = AppendEntriesRequest::<TypeConfig> {
         vote: Vote::new_committed(u64::MAX, leader),
         prev_log_id: None,
@@ -72,8 +81,22 @@ async fn raft_messages_with_an_impossible_term_or_from_another_cluster_or_a_non_
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("cluster"), "{refused:?}");
-    // A plausible term, in this cluster's name, from a node that is no member.
-    let refused = raft
+    // A plausible term, in this cluster's name, from a node that is no member (with a
+    // certificate of the fleet's CA for that node).
+    let stranger = fleet_testkit::pki().issue(
+        &fleet_core::Principal::Coordinator(99),
+        &["127.0.0.1".to_string()],
+        "stranger",
+    );
+    let mut stranger = RaftServiceClient::new(
+        fleet_testkit::channel_as(
+            &cluster.address(follower),
+            &fleet_testkit::pki().transport_as(&stranger),
+        )
+        .await
+        .unwrap(),
+    );
+    let refused = stranger
         .append_entries(payload(
             &AppendEntriesRequest::<TypeConfig> {
                 vote: Vote::new_committed(current + 1, 99),

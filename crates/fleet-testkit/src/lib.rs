@@ -1,12 +1,19 @@
 //! Real coordinator processes for tests, chaos tests and benchmarks (set `FLEET_NODE_LOG` to
 //! change their log filter): spawned from the
 //! `fleet-node` binary, each with its own data dir and log file, stopped by pid when dropped.
+//! Everything speaks mutual TLS: one test CA per test process ([`pki`]) issues every node's,
+//! agent's and client's certificate.
 
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use fleet_core::{Principal, TrustDomain};
+use fleet_identity::pki::{Ca, Validity};
+use fleet_identity::{Credentials, TlsFiles, Transport};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -14,6 +21,135 @@ use tonic::transport::Channel;
 
 use fleet_api::proto::fleet_service_client::FleetServiceClient;
 use fleet_api::proto::{GetCoordinatorStatusRequest, GetCoordinatorStatusResponse};
+
+/// The CA of this test process, in a temporary directory removed by the next test process
+/// once this one has exited, and the admin operator's certificate.
+pub struct TestPki {
+    dir: PathBuf,
+    ca: Ca,
+    admin: TlsFiles,
+}
+
+/// Lifetime of the certificates the test CA issues: a year, so that a node whose clock a test
+/// moves a day ahead (clock tests, the chaos suite's clock fault) still finds them valid.
+const TEST_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// This test process's CA (made on first use).
+pub fn pki() -> &'static TestPki {
+    static PKI: OnceLock<TestPki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let base = std::env::temp_dir();
+        remove_stale_pki_dirs(&base);
+        let dir = base.join(format!("fleet-test-pki-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = Ca::generate(&TrustDomain::default()).expect("make the test CA");
+        ca.write(&dir).expect("write the test CA");
+        let mut pki = TestPki {
+            admin: TlsFiles {
+                ca: dir.join("ca.pem"),
+                cert: PathBuf::new(),
+                key: PathBuf::new(),
+            },
+            dir,
+            ca,
+        };
+        pki.admin = pki.issue(&Principal::Operator("admin".into()), &[], "operator-admin");
+        pki
+    })
+}
+
+/// Removes the test CAs of test processes that have exited.
+fn remove_stale_pki_dirs(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(pid) = name.strip_prefix("fleet-test-pki-")
+            && pid.parse::<u32>().is_ok()
+            && !Path::new("/proc").join(pid).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+impl TestPki {
+    /// The CA certificate every test node and client trusts.
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// The CA itself, to issue unusual certificates (expired, for other principals).
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    /// Issues a certificate valid for a day to `principal` (a coordinator's for `hosts`),
+    /// written as `name.pem` and `name-key.pem` in the test CA's directory.
+    pub fn issue(&self, principal: &Principal, hosts: &[String], name: &str) -> TlsFiles {
+        self.issue_with(principal, hosts, name, Validity::from_now(TEST_TTL))
+    }
+
+    /// [`TestPki::issue`] with a validity of one's choice (e.g. one in the past).
+    pub fn issue_with(
+        &self,
+        principal: &Principal,
+        hosts: &[String],
+        name: &str,
+        validity: Validity,
+    ) -> TlsFiles {
+        // Every certificate gets files of its own: tests of one process run in parallel.
+        static ISSUED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = ISSUED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (cert, key) = self
+            .ca
+            .issue(principal, hosts, validity)
+            .expect("issue a test certificate")
+            .write(&self.dir, &format!("{name}-{n}"))
+            .expect("write a test certificate");
+        TlsFiles {
+            ca: self.ca_path(),
+            cert,
+            key,
+        }
+    }
+
+    /// The certificate of the operator `admin`, which tests act as by default.
+    pub fn admin(&self) -> &TlsFiles {
+        &self.admin
+    }
+
+    /// Mutual TLS as `files`.
+    pub fn transport_as(&self, files: &TlsFiles) -> Transport {
+        let own = Credentials::load(files, None).expect("load test credentials");
+        Transport::tls(&own.trust, Some(&own)).expect("a TLS client configuration")
+    }
+
+    /// Mutual TLS as the admin.
+    pub fn transport(&self) -> Transport {
+        static ADMIN: OnceLock<Transport> = OnceLock::new();
+        ADMIN.get_or_init(|| self.transport_as(&self.admin)).clone()
+    }
+
+    /// The environment that makes `fleet-ctl` act as `files` (and read no config file).
+    pub fn ctl_env(files: &TlsFiles) -> Vec<(&'static str, String)> {
+        vec![
+            ("FLEET_CA", files.ca.display().to_string()),
+            ("FLEET_CERT", files.cert.display().to_string()),
+            ("FLEET_KEY", files.key.display().to_string()),
+            ("FLEET_CONFIG", "/nonexistent/fleet-test-config.yaml".into()),
+        ]
+    }
+}
+
+/// The host part of a HOST:PORT (brackets of an IPv6 address removed).
+fn host_of(address: &str) -> String {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
+}
 
 /// The `fleet-node` binary next to the running test executable (cargo puts test executables
 /// in `target/<profile>/deps` and binaries in `target/<profile>`).
@@ -144,10 +280,29 @@ impl NodeProcess {
             .args(["--listen", &self.address])
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(self.tls_args())
             .args(start_args)
             .args(&self.extra_args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         self.child = Some(spawn_logged(&mut command, &self.log_path));
+    }
+
+    /// `--tls-cert`, `--tls-key`, `--tls-ca`: a certificate for this node id and address from
+    /// the test CA, next to the data dir (so that wiping the data dir keeps it).
+    fn tls_args(&self) -> Vec<String> {
+        let files = pki().issue(
+            &Principal::Coordinator(self.id),
+            &[host_of(&self.address)],
+            &format!("coordinator-{}", self.id),
+        );
+        vec![
+            "--tls-cert".into(),
+            files.cert.display().to_string(),
+            "--tls-key".into(),
+            files.key.display().to_string(),
+            "--tls-ca".into(),
+            files.ca.display().to_string(),
+        ]
     }
 
     pub fn is_running(&self) -> bool {
@@ -502,20 +657,30 @@ impl ProcessCluster {
     }
 }
 
-/// A FleetService client for one address, or None when it cannot connect.
+/// A FleetService client for one address, as the admin, or None when it cannot connect.
 pub async fn connect(address: &str) -> Option<FleetServiceClient<Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .ok()?
-        .connect_timeout(Duration::from_millis(500));
-    endpoint.connect().await.ok().map(FleetServiceClient::new)
+    channel(address).await.ok().map(FleetServiceClient::new)
+}
+
+/// A channel to one address over mutual TLS as the admin.
+pub async fn channel(address: &str) -> Result<Channel, tonic::transport::Error> {
+    channel_as(address, &pki().transport()).await
+}
+
+/// A channel to one address over `transport` (e.g. [`TestPki::transport_as`] another
+/// identity).
+pub async fn channel_as(
+    address: &str,
+    transport: &Transport,
+) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = Transport::endpoint(address)?.connect_timeout(Duration::from_millis(500));
+    transport.connect(endpoint).await
 }
 
 /// Configures a failpoint of the node at `address` through `RaftService.SetFailpoint` (the
 /// node must run with `--allow-failpoint-rpc`), e.g. `("log-flush", "sleep(50)")` or `"off"`.
 pub async fn set_failpoint(address: &str, name: &str, actions: &str) -> Result<(), tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| fleet_api::status::with_hint(tonic::Code::InvalidArgument, e.to_string(), ""))?
-        .connect()
+    let channel = channel(address)
         .await
         .map_err(|e| fleet_api::status::with_hint(tonic::Code::Unavailable, e.to_string(), ""))?;
     fleet_api::proto::raft_service_client::RaftServiceClient::new(channel)
@@ -571,6 +736,18 @@ impl AgentProcess {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args(["--resync-interval", &self.resync]);
+        let files = pki().issue(
+            &Principal::Cluster(self.cluster.clone()),
+            &[],
+            &format!("cluster-{}", self.cluster),
+        );
+        command
+            .arg("--ca")
+            .arg(&files.ca)
+            .arg("--cert")
+            .arg(&files.cert)
+            .arg("--key")
+            .arg(&files.key);
         self.child = Some(spawn_logged(&mut command, &self.log_path));
     }
 

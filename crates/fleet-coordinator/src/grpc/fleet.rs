@@ -8,10 +8,11 @@ use std::time::Duration;
 use fleet_core::{Command, Outcome};
 use tonic::{Request, Response, Status};
 
-use crate::convert::{self, actor, consistency, write_result};
+use crate::convert::{self, consistency, write_result};
 use crate::coordinator::Coordinator;
 use crate::coordinator::now_ms;
 use crate::error::NodeError;
+use crate::grpc::auth::actor;
 pub use crate::limits::MAX_AUDIT_EVENTS_PER_PAGE;
 use fleet_api::proto::fleet_service_server::{FleetService, FleetServiceServer};
 use fleet_api::proto::*;
@@ -42,7 +43,7 @@ impl FleetApi {
 #[tonic::async_trait]
 impl FleetService for FleetApi {
     async fn add_site(&self, request: Request<AddSiteRequest>) -> Reply<AddSiteResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let (index, _) = self
             .write(Command::AddSite { name: r.name }, actor, r.reason)
@@ -67,7 +68,7 @@ impl FleetService for FleetApi {
         &self,
         request: Request<AddEnvironmentRequest>,
     ) -> Reply<AddEnvironmentResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let (index, outcome) = self
             .write(Command::AddEnvironment { name: r.name }, actor, r.reason)
@@ -100,7 +101,7 @@ impl FleetService for FleetApi {
         &self,
         request: Request<RegisterClusterRequest>,
     ) -> Reply<RegisterClusterResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let command = Command::RegisterCluster {
             name: r.name,
@@ -123,7 +124,7 @@ impl FleetService for FleetApi {
         &self,
         request: Request<RemoveClusterRequest>,
     ) -> Reply<RemoveClusterResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let (index, _) = self
             .write(Command::RemoveCluster { name: r.name }, actor, r.reason)
@@ -180,7 +181,7 @@ impl FleetService for FleetApi {
         &self,
         request: Request<CreateWorkloadRequest>,
     ) -> Reply<CreateWorkloadResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let command = Command::CreateWorkload {
             name: r.name,
@@ -211,7 +212,7 @@ impl FleetService for FleetApi {
         &self,
         request: Request<PublishReleaseRequest>,
     ) -> Reply<PublishReleaseResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let command = Command::PublishRelease {
             workload: r.workload,

@@ -4,6 +4,7 @@
 //! with fleet-core's domain types and [`crate::error::NodeError`].
 
 pub mod agent;
+pub mod auth;
 pub mod fleet;
 pub mod network;
 pub mod promotion;

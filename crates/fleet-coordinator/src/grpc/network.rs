@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fleet_identity::Transport;
 use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -18,7 +19,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use crate::limits::MAX_RAFT_MESSAGE_BYTES;
 use crate::types::ForwardedWrite;
@@ -45,15 +46,18 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     cluster_id: Arc<str>,
     node_id: NodeId,
+    /// Mutual TLS with this node's coordinator certificate (plaintext only on loopback).
+    transport: Transport,
 }
 
 impl Peers {
-    /// Peers of node `node_id` of cluster `cluster_id`.
-    pub fn new(cluster_id: String, node_id: NodeId) -> Self {
+    /// Peers of node `node_id` of cluster `cluster_id`, reached over `transport`.
+    pub fn new(cluster_id: String, node_id: NodeId, transport: Transport) -> Self {
         Peers {
             channels: Arc::default(),
             cluster_id: cluster_id.into(),
             node_id,
+            transport,
         }
     }
 
@@ -76,12 +80,12 @@ impl Peers {
         channels
             .entry(address.to_string())
             .or_insert_with(|| {
-                Endpoint::from_shared(format!("http://{address}"))
+                let endpoint = Transport::endpoint(address)
                     .expect("addresses are validated HOST:PORT")
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .connect_lazy()
+                    .http2_keep_alive_interval(Duration::from_secs(10));
+                self.transport.connect_lazy(endpoint)
             })
             .clone()
     }

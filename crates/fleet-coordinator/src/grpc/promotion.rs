@@ -7,9 +7,10 @@ use std::sync::Arc;
 use fleet_core::{Command, CoreError, Outcome};
 use tonic::{Request, Response, Status};
 
-use crate::convert::{self, actor, consistency, write_result};
+use crate::convert::{self, consistency, write_result};
 use crate::coordinator::{Coordinator, now_ms};
 use crate::error::NodeError;
+use crate::grpc::auth::actor;
 use fleet_api::limits::{MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
 use fleet_api::proto::promotion_service_server::{PromotionService, PromotionServiceServer};
 use fleet_api::proto::*;
@@ -60,7 +61,7 @@ impl PromotionService for PromotionApi {
         &self,
         request: Request<SetPipelineRequest>,
     ) -> Reply<SetPipelineResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let pipeline = r.pipeline.ok_or_else(|| {
             Status::from(NodeError::from(CoreError::invalid(
@@ -109,7 +110,7 @@ impl PromotionService for PromotionApi {
         &self,
         request: Request<SetRequiredApprovalsRequest>,
     ) -> Reply<SetRequiredApprovalsResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let command = Command::SetRequiredApprovals {
             environment: r.environment,
@@ -122,7 +123,7 @@ impl PromotionService for PromotionApi {
     }
 
     async fn promote(&self, request: Request<PromoteRequest>) -> Reply<RolloutResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let command = Command::Promote {
             workload: r.workload.clone(),
@@ -165,7 +166,7 @@ impl PromotionService for PromotionApi {
         &self,
         request: Request<ChangeRolloutRequest>,
     ) -> Reply<RolloutResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let (workload, environment) = (r.workload.clone(), r.environment.clone());
         let command = match RolloutAction::try_from(r.action) {
@@ -202,7 +203,7 @@ impl PromotionService for PromotionApi {
     }
 
     async fn rollback(&self, request: Request<RollbackRequest>) -> Reply<RollbackResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let command = Command::Rollback {
             workload: r.workload,
@@ -229,7 +230,7 @@ impl PromotionService for PromotionApi {
     }
 
     async fn add_freeze(&self, request: Request<AddFreezeRequest>) -> Reply<AddFreezeResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let command = Command::AddFreeze {
             environment: r.environment,
@@ -265,7 +266,7 @@ impl PromotionService for PromotionApi {
         &self,
         request: Request<RemoveFreezeRequest>,
     ) -> Reply<RemoveFreezeResponse> {
-        let actor = actor(&request);
+        let actor = actor(&request)?;
         let r = request.into_inner();
         let (index, _) = self
             .write(Command::RemoveFreeze { id: r.id }, actor, r.reason)

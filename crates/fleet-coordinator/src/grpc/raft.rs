@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::coordinator::Coordinator;
 use crate::error::NodeError;
+use crate::grpc::auth::{Caller, caller};
 use crate::grpc::network::MAX_RAFT_MESSAGE_BYTES;
 pub use crate::limits::MAX_FAILPOINT_ACTIONS_BYTES;
 use crate::types::TypeConfig;
@@ -16,6 +17,7 @@ use crate::types::{ForwardedReply, ForwardedWrite};
 use crate::types::{HandoverReply, HandoverRequest};
 use fleet_api::proto::raft_service_server::{RaftService, RaftServiceServer};
 use fleet_api::proto::*;
+use fleet_core::Principal;
 use fleet_core::limits::{MAX_RAFT_TERM, MAX_RAFT_TERM_STEP};
 
 use super::Reply;
@@ -70,10 +72,47 @@ impl RaftApi {
         Ok(())
     }
 
+    /// Refuses a caller that is not a coordinator (operators and agents have no business
+    /// here), and a coordinator that signs a message with another node id than its
+    /// certificate's. A plaintext node (loopback only) has no certificates to go by.
+    fn check_peer(
+        &self,
+        what: &str,
+        caller: &Caller,
+        from_node: Option<u64>,
+    ) -> Result<(), Status> {
+        let refuse = |message: String| -> Status {
+            tracing::warn!(what, ?caller, "refused a raft message");
+            NodeError::PermissionDenied { message }.into()
+        };
+        match caller {
+            Caller::Plaintext => Ok(()),
+            Caller::Authenticated(Principal::Coordinator(id)) => match from_node {
+                Some(from) if from != *id => Err(refuse(format!(
+                    "{what}: the message says it is from node {from}, the certificate is node \
+                     {id}'s; nothing changed"
+                ))),
+                _ => Ok(()),
+            },
+            Caller::Authenticated(other) => Err(refuse(format!(
+                "{what}: RaftService serves coordinators only, and {other} is not one; nothing \
+                 changed"
+            ))),
+        }
+    }
+
     /// Refuses a message from another cluster, or from a node that is not in the latest
     /// membership in this node's log (voters and learners). A node whose log holds no
-    /// membership yet (one being added) checks the cluster id only.
-    fn check_sender(&self, what: &str, cluster_id: &str, from_node: u64) -> Result<(), Status> {
+    /// membership yet (one being added) checks the cluster id only. The sender must be the
+    /// coordinator its certificate names ([`Self::check_peer`]).
+    fn check_sender<T>(
+        &self,
+        what: &str,
+        request: &Request<T>,
+        cluster_id: &str,
+        from_node: u64,
+    ) -> Result<(), Status> {
+        self.check_peer(what, &caller(request)?, Some(from_node))?;
         if cluster_id != self.0.cluster_id {
             tracing::warn!(what, from = from_node, cluster = %cluster_id, "refused a raft message from another cluster");
             return Err(NodeError::PermissionDenied {
@@ -109,11 +148,23 @@ impl RaftApi {
     /// Refuses a message whose term is above [`MAX_RAFT_TERM`] or more than
     /// [`MAX_RAFT_TERM_STEP`] above this node's current term, before openraft sees it: a term
     /// near `u64::MAX` would overflow openraft's term arithmetic and kill its core.
+    /// The vote must also be the sender's own (the leader's or the candidate's id is
+    /// `from_node`), so that a member cannot speak for another.
     fn check_term(
         &self,
         what: &str,
         vote: &openraft::Vote<crate::types::NodeId>,
+        from_node: u64,
     ) -> Result<(), Status> {
+        if vote.leader_id.node_id != from_node {
+            return Err(NodeError::PermissionDenied {
+                message: format!(
+                    "{what}: node {from_node} sent a vote of node {}; nothing changed",
+                    vote.leader_id.node_id
+                ),
+            }
+            .into());
+        }
         let term = vote.leader_id.term;
         let current = self.0.raft.metrics().borrow().current_term;
         if term > MAX_RAFT_TERM || term > current.saturating_add(MAX_RAFT_TERM_STEP) {
@@ -135,24 +186,33 @@ impl RaftApi {
 impl RaftService for RaftApi {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Reply<RaftPayload> {
         let r = request.get_ref();
-        self.check_sender("append_entries", &r.cluster_id, r.from_node)?;
+        self.check_sender("append_entries", &request, &r.cluster_id, r.from_node)?;
         let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(r)?;
-        self.check_term("append_entries", &rpc.vote)?;
+        self.check_term("append_entries", &rpc.vote, r.from_node)?;
         Ok(encode(&self.0.raft.append_entries(rpc).await))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Reply<RaftPayload> {
         let r = request.get_ref();
-        self.check_sender("vote", &r.cluster_id, r.from_node)?;
+        self.check_sender("vote", &request, &r.cluster_id, r.from_node)?;
         self.check_may_vote()?;
         let rpc: openraft::raft::VoteRequest<crate::types::NodeId> = decode(r)?;
-        self.check_term("vote", &rpc.vote)?;
+        self.check_term("vote", &rpc.vote, r.from_node)?;
         Ok(encode(&self.0.raft.vote(rpc).await))
     }
 
     async fn install_snapshot(&self, request: Request<InstallSnapshotChunk>) -> Reply<RaftPayload> {
+        {
+            let chunk = request.get_ref();
+            self.check_sender(
+                "install_snapshot",
+                &request,
+                &chunk.cluster_id,
+                chunk.from_node,
+            )?;
+        }
         let chunk = request.into_inner();
-        self.check_sender("install_snapshot", &chunk.cluster_id, chunk.from_node)?;
+        let from_node = chunk.from_node;
         let bad = |e: serde_json::Error| -> Status {
             NodeError::BadMessage {
                 message: format!("undecodable snapshot chunk: {e}"),
@@ -166,13 +226,13 @@ impl RaftService for RaftApi {
             data: chunk.data,
             done: chunk.done,
         };
-        self.check_term("install_snapshot", &rpc.vote)?;
+        self.check_term("install_snapshot", &rpc.vote, from_node)?;
         Ok(encode(&self.0.raft.install_snapshot(rpc).await))
     }
 
     async fn propose(&self, request: Request<RaftPayload>) -> Reply<RaftPayload> {
         let r = request.get_ref();
-        self.check_sender("propose", &r.cluster_id, r.from_node)?;
+        self.check_sender("propose", &request, &r.cluster_id, r.from_node)?;
         let write: ForwardedWrite = decode(r)?;
         if let Err(refusal) =
             fleet_core::validate::command(&write.command, &write.actor, &write.reason)
@@ -203,20 +263,23 @@ impl RaftService for RaftApi {
 
     async fn read_index(&self, request: Request<ReadIndexRequest>) -> Reply<ReadIndexResponse> {
         let r = request.get_ref();
-        self.check_sender("read_index", &r.cluster_id, r.from_node)?;
+        self.check_sender("read_index", &request, &r.cluster_id, r.from_node)?;
         let read_index = self.0.read_index().await?;
         Ok(Response::new(ReadIndexResponse { read_index }))
     }
 
     async fn take_leadership(&self, request: Request<RaftPayload>) -> Reply<RaftPayload> {
         let r = request.get_ref();
-        self.check_sender("take_leadership", &r.cluster_id, r.from_node)?;
+        self.check_sender("take_leadership", &request, &r.cluster_id, r.from_node)?;
         let handover: HandoverRequest = decode(r)?;
         let reply: HandoverReply = self.0.take_leadership(handover).await;
         Ok(encode(&reply))
     }
 
-    async fn identify(&self, _request: Request<IdentifyRequest>) -> Reply<IdentifyResponse> {
+    async fn identify(&self, request: Request<IdentifyRequest>) -> Reply<IdentifyResponse> {
+        // Any coordinator of the trust domain may ask: a node about to join asks before it is
+        // a member, and the leader asks a node before it adds it.
+        self.check_peer("identify", &caller(&request)?, None)?;
         Ok(Response::new(IdentifyResponse {
             cluster_id: self.0.cluster_id.clone(),
             node_id: self.0.id,
@@ -227,6 +290,7 @@ impl RaftService for RaftApi {
         &self,
         request: Request<SetFailpointRequest>,
     ) -> Reply<SetFailpointResponse> {
+        caller(&request)?;
         if !crate::HAS_FAILPOINTS {
             return Err(NodeError::FailedPrecondition {
                 message: "this build has no failpoints".into(),
