@@ -66,12 +66,9 @@ impl From<NodeError> for Status {
                 message,
                 "wait for it to end (see `fleet-ctl coordinator status`), then try again",
             ),
-            NodeError::PermissionDenied { .. } => status_with_hint(
-                Code::PermissionDenied,
-                message,
-                "only members of this coordinator cluster speak Raft to it; a removed node \
-                 rejoins with an empty data dir and --join",
-            ),
+            NodeError::PermissionDenied { hint, .. } => {
+                status_with_hint(Code::PermissionDenied, message, &hint)
+            }
             NodeError::BadMessage { .. } => status_with_hint(Code::InvalidArgument, message, ""),
             NodeError::NotLeader => status_with_hint(
                 Code::Unavailable,

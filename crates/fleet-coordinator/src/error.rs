@@ -35,9 +35,11 @@ pub enum NodeError {
     /// A node being added did not catch up in time; it stays a learner.
     #[error("{message}")]
     CatchUpTimeout { message: String, hint: String },
-    /// A Raft message from a sender this node does not accept (another cluster, a non-member).
+    /// A caller that may not do this: a Raft message from a sender this node does not accept
+    /// (an operator, another cluster, a non-member, a node in another's name), or an agent
+    /// outside its own cluster. `hint` says who may.
     #[error("{message}")]
-    PermissionDenied { message: String },
+    PermissionDenied { message: String, hint: String },
     /// A Raft message that cannot be read or cannot be true (an impossible term).
     #[error("{message}")]
     BadMessage { message: String },

@@ -398,3 +398,87 @@ async fn a_plaintext_node_on_loopback_serves_when_asked_to() {
     let _ = child.wait();
     assert!(answered.is_some(), "the plaintext node never answered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reads_and_reports_only_its_own_cluster_and_nobody_else_reports_for_it() {
+    let cluster = ProcessCluster::start(1, &[]).await;
+    let address = cluster.address(1);
+    let mut admin = client(&address).await;
+    add_site(&mut admin, "oslo").await.unwrap();
+    common::register(&mut admin, "a", "oslo").await.unwrap();
+    common::register(&mut admin, "b", "oslo").await.unwrap();
+    let agent_a = pki().issue(&Principal::Cluster("a".into()), &[], "cluster-a");
+    let mut as_a = AgentServiceClient::new(as_holder_of(&address, &agent_a).await);
+    let denied = |what: &str, status: tonic::Status| {
+        assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
+        assert!(
+            fleet_api::status::hint(&status).is_some(),
+            "{what}: {status:?}"
+        );
+    };
+
+    // Its own cluster: read, watch and report.
+    as_a.get_assignments(GetAssignmentsRequest {
+        cluster: "a".into(),
+    })
+    .await
+    .unwrap();
+    as_a.watch_assignments(WatchAssignmentsRequest {
+        cluster: "a".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    as_a.report_status(ReportStatusRequest {
+        cluster: "a".into(),
+        reports: Vec::new(),
+    })
+    .await
+    .unwrap();
+
+    // Another cluster: nothing.
+    denied(
+        "GetAssignments b",
+        as_a.get_assignments(GetAssignmentsRequest {
+            cluster: "b".into(),
+        })
+        .await
+        .unwrap_err(),
+    );
+    denied(
+        "WatchAssignments b",
+        as_a.watch_assignments(WatchAssignmentsRequest {
+            cluster: "b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+    );
+    denied(
+        "ReportStatus b",
+        as_a.report_status(ReportStatusRequest {
+            cluster: "b".into(),
+            reports: Vec::new(),
+        })
+        .await
+        .unwrap_err(),
+    );
+    // Operators read any cluster, but report for none.
+    let mut as_admin = AgentServiceClient::new(fleet_testkit::channel(&address).await.unwrap());
+    as_admin
+        .get_assignments(GetAssignmentsRequest {
+            cluster: "b".into(),
+        })
+        .await
+        .unwrap();
+    denied(
+        "ReportStatus by an operator",
+        as_admin
+            .report_status(ReportStatusRequest {
+                cluster: "a".into(),
+                reports: Vec::new(),
+            })
+            .await
+            .unwrap_err(),
+    );
+}

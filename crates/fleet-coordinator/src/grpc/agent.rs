@@ -9,9 +9,11 @@ use crate::convert::{self};
 use crate::coordinator::now_ms;
 use crate::coordinator::{Consistency, Coordinator};
 use crate::error::NodeError;
+use crate::grpc::auth::{Caller, caller};
 use fleet_api::proto::agent_service_server::{AgentService, AgentServiceServer};
 use fleet_api::proto::*;
 use fleet_api::tasks::spawn_named;
+use fleet_core::Principal;
 use fleet_core::limits::MAX_REPORTS_PER_CALL;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -33,7 +35,9 @@ impl AgentService for AgentApi {
         &self,
         request: Request<GetAssignmentsRequest>,
     ) -> Reply<GetAssignmentsResponse> {
+        let caller = caller(&request)?;
         let r = request.into_inner();
+        may_read(&caller, "GetAssignments", &r.cluster)?;
         let response = self
             .0
             .read(Consistency::Linearizable, |s| {
@@ -54,7 +58,9 @@ impl AgentService for AgentApi {
         &self,
         request: Request<WatchAssignmentsRequest>,
     ) -> Reply<Self::WatchAssignmentsStream> {
+        let caller = caller(&request)?;
         let r = request.into_inner();
+        may_read(&caller, "WatchAssignments", &r.cluster)?;
         fleet_core::validate::dns_label("cluster", &r.cluster).map_err(NodeError::from)?;
         // Subscribed before the first read, so a change right after it is not missed.
         let mut changed = self.0.assignments_changed.clone();
@@ -73,7 +79,9 @@ impl AgentService for AgentApi {
         &self,
         request: Request<ReportStatusRequest>,
     ) -> Reply<ReportStatusResponse> {
+        let caller = caller(&request)?;
         let r = request.into_inner();
+        may_report(&caller, &r.cluster)?;
         fleet_core::validate::dns_label("cluster", &r.cluster).map_err(NodeError::from)?;
         if r.reports.len() > MAX_REPORTS_PER_CALL {
             return Err(NodeError::InvalidArgument {
@@ -122,6 +130,43 @@ impl AgentService for AgentApi {
             self.0.heartbeats.record(&r.cluster, &workload, now);
         }
         Ok(Response::new(ReportStatusResponse { committed }))
+    }
+}
+
+/// An agent reads only its own cluster's assignments; operators and coordinators read any
+/// (roles that narrow operators are not built yet).
+fn may_read(caller: &Caller, what: &str, cluster: &str) -> Result<(), NodeError> {
+    match caller {
+        Caller::Authenticated(Principal::Cluster(own)) if own != cluster => {
+            Err(NodeError::PermissionDenied {
+                message: format!(
+                    "{what}: {} may read its own cluster's assignments only, not {cluster:?}",
+                    Principal::Cluster(own.clone())
+                ),
+                hint: "an agent's certificate is for its own cluster".into(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Status reports move gates and trigger rollbacks: only the agent of `cluster` itself (its
+/// certificate's `spiffe://TD/cluster/NAME`) may send them, not an operator, not another
+/// cluster's agent, not a coordinator.
+fn may_report(caller: &Caller, cluster: &str) -> Result<(), NodeError> {
+    match caller {
+        Caller::Plaintext => Ok(()),
+        Caller::Authenticated(Principal::Cluster(own)) if own == cluster => Ok(()),
+        Caller::Authenticated(other) => Err(NodeError::PermissionDenied {
+            message: format!(
+                "ReportStatus: only the agent of cluster {cluster:?} reports its status, and \
+                 {other} is not it; nothing changed"
+            ),
+            hint: format!(
+                "reports come from the agent that runs in the cluster, with the certificate \
+                 from `fleet-ctl pki issue cluster {cluster}`"
+            ),
+        }),
     }
 }
 

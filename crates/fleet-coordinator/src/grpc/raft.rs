@@ -30,6 +30,11 @@ pub fn raft_server(c: Arc<Coordinator>) -> RaftServiceServer<RaftApi> {
 
 pub struct RaftApi(Arc<Coordinator>);
 
+/// The hint of every refusal of a Raft message.
+const RAFT_PEERS: &str = "only member coordinators speak Raft, each with its own certificate \
+                          (spiffe://TD/coordinator/ID); a removed node rejoins with an empty data \
+                          dir and --join";
+
 fn decode<T: serde::de::DeserializeOwned>(payload: &RaftPayload) -> Result<T, Status> {
     serde_json::from_slice(&payload.json).map_err(|e| {
         NodeError::BadMessage {
@@ -83,7 +88,11 @@ impl RaftApi {
     ) -> Result<(), Status> {
         let refuse = |message: String| -> Status {
             tracing::warn!(what, ?caller, "refused a raft message");
-            NodeError::PermissionDenied { message }.into()
+            NodeError::PermissionDenied {
+                message,
+                hint: RAFT_PEERS.into(),
+            }
+            .into()
         };
         match caller {
             Caller::Plaintext => Ok(()),
@@ -121,6 +130,7 @@ impl RaftApi {
                      nothing changed",
                     self.0.cluster_id
                 ),
+                hint: RAFT_PEERS.into(),
             }
             .into());
         }
@@ -139,6 +149,7 @@ impl RaftApi {
                     "{what}: node {from_node} is not a member of this coordinator cluster; \
                      nothing changed"
                 ),
+                hint: RAFT_PEERS.into(),
             }
             .into());
         }
@@ -162,6 +173,7 @@ impl RaftApi {
                     "{what}: node {from_node} sent a vote of node {}; nothing changed",
                     vote.leader_id.node_id
                 ),
+                hint: RAFT_PEERS.into(),
             }
             .into());
         }
