@@ -521,9 +521,11 @@ pub fn one_line(field: &str, value: &str, max: usize) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// Whether two actors are the same person, as far as names can tell until identities are
-/// authenticated: compared trimmed and case-insensitively (Unicode lower case), so `kari`,
-/// `kari ` and `KARI` are one approver.
+/// Whether two actors are the same person for the approval rules: compared trimmed and
+/// case-insensitively (Unicode lower case), so `kari`, `kari ` and `KARI` are one approver.
+/// Actors are authenticated principals now (SPIFFE IDs, compared exactly elsewhere); this
+/// stays looser on purpose, since stored approvals are replayed by it, and two operators whose
+/// names differ only in case count as one approver (stricter, never weaker).
 pub fn same_actor(a: &str, b: &str) -> bool {
     a.trim().to_lowercase() == b.trim().to_lowercase()
 }
