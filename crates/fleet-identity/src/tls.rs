@@ -249,10 +249,6 @@ impl Authenticator {
         })
     }
 
-    pub fn trust_domain(&self) -> &TrustDomain {
-        &self.trust_domain
-    }
-
     /// The principal of a client that presented `chain` (end entity first): the chain must
     /// lead to the fleet's CA, be valid now, allow clientAuth, and name one SPIFFE ID of the
     /// trust domain.

@@ -80,11 +80,6 @@ impl TestPki {
         self.dir.join("ca.pem")
     }
 
-    /// The CA itself, to issue unusual certificates (expired, for other principals).
-    pub fn ca(&self) -> &Ca {
-        &self.ca
-    }
-
     /// Issues a certificate valid for a day to `principal` (a coordinator's for `hosts`),
     /// written as `name.pem` and `name-key.pem` in the test CA's directory.
     pub fn issue(&self, principal: &Principal, hosts: &[String], name: &str) -> TlsFiles {
