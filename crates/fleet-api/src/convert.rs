@@ -21,6 +21,34 @@ pub struct WireError {
     pub hint: String,
 }
 
+pub fn role_grant(g: &fleet_core::access::Grant) -> proto::RoleGrant {
+    proto::RoleGrant {
+        role: g.role.to_string(),
+        environments: g.environments.iter().cloned().collect(),
+        workloads: g.workloads.iter().cloned().collect(),
+        granted_by: g.granted_by.clone(),
+        granted_at_ms: g.granted_at_ms,
+    }
+}
+
+pub fn role_binding(
+    principal: &str,
+    grants: &std::collections::BTreeMap<fleet_core::access::Role, fleet_core::access::Grant>,
+) -> proto::RoleBinding {
+    proto::RoleBinding {
+        principal: principal.to_string(),
+        grants: grants.values().map(role_grant).collect(),
+    }
+}
+
+pub fn token_info(t: &fleet_core::access::Token) -> proto::TokenInfo {
+    proto::TokenInfo {
+        name: t.name.clone(),
+        grant: Some(role_grant(&t.grant)),
+        expires_at_ms: t.expires_at_ms,
+    }
+}
+
 pub fn site(s: &Site) -> proto::Site {
     proto::Site {
         name: s.name.clone(),

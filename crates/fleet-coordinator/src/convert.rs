@@ -30,6 +30,7 @@ impl From<NodeError> for Status {
                     CoreError::NotFound { .. } => Code::NotFound,
                     CoreError::AlreadyExists { .. } => Code::AlreadyExists,
                     CoreError::FailedPrecondition { .. } => Code::FailedPrecondition,
+                    CoreError::PermissionDenied { .. } => Code::PermissionDenied,
                 };
                 status_with_hint(code, message, core.hint())
             }
@@ -68,6 +69,9 @@ impl From<NodeError> for Status {
             ),
             NodeError::PermissionDenied { hint, .. } => {
                 status_with_hint(Code::PermissionDenied, message, &hint)
+            }
+            NodeError::ResourceExhausted { hint, .. } => {
+                status_with_hint(Code::ResourceExhausted, message, &hint)
             }
             NodeError::BadMessage { .. } => status_with_hint(Code::InvalidArgument, message, ""),
             NodeError::NotLeader => status_with_hint(

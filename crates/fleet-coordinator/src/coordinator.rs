@@ -76,6 +76,8 @@ pub struct Coordinator {
     pub(crate) last_stamp_ms: std::sync::atomic::AtomicU64,
     /// Why this node must not campaign: (its disk is stalled, its clock is skewed).
     pub(crate) campaign_vetoes: std::sync::Mutex<(bool, bool)>,
+    /// Open assignment watch streams per principal.
+    pub watch_streams: Arc<crate::watches::WatchStreams>,
 }
 
 impl Coordinator {
@@ -246,7 +248,7 @@ impl Coordinator {
         // from it ("not found", "already exists") would then answer from the past, so it is
         // confirmed after a read barrier; passing checks need no barrier, as apply decides.
         if self
-            .read_state(|s| s.check_against_state(&item.command, &item.context))
+            .read_state(|s| s.check_entry(&item.command, &item.context))
             .is_err()
         {
             if let Err(e) = self.raft.ensure_linearizable().await {
@@ -256,8 +258,7 @@ impl Coordinator {
             if let Some(earlier) = self.applied_write(write) {
                 return Ok(earlier);
             }
-            if let Err(e) = self.read_state(|s| s.check_against_state(&item.command, &item.context))
-            {
+            if let Err(e) = self.read_state(|s| s.check_entry(&item.command, &item.context)) {
                 return Ok(Err(e.into()));
             }
         }

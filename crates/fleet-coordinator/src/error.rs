@@ -40,6 +40,9 @@ pub enum NodeError {
     /// outside its own cluster. `hint` says who may.
     #[error("{message}")]
     PermissionDenied { message: String, hint: String },
+    /// The caller holds as much of something as it may (e.g. open watch streams).
+    #[error("{message}")]
+    ResourceExhausted { message: String, hint: String },
     /// A Raft message that cannot be read or cannot be true (an impossible term).
     #[error("{message}")]
     BadMessage { message: String },

@@ -19,6 +19,7 @@ pub mod planner;
 pub mod serve;
 pub mod store;
 pub mod types;
+pub mod watches;
 
 /// Whether this build has failpoints: the `failpoints` feature, which only builds that include
 /// fleet-testkit (the tests, the chaos suite, the benchmarks) turn on.

@@ -9,6 +9,14 @@ use std::time::Duration;
 /// report times still bound how stale `last seen` can be).
 pub const MAX_HEARTBEAT_ENTRIES: usize = 400_000;
 
+// Watch streams (`watches`).
+/// Most assignment watch streams one agent holds open on one node: its own cluster's, and
+/// room for reconnects that overlap the stream they replace.
+pub const MAX_WATCH_STREAMS_PER_AGENT: usize = 4;
+/// Most watch streams one operator or token holds open on one node unless
+/// `--max-watch-streams-per-operator` says otherwise (tools that watch many clusters).
+pub const DEFAULT_MAX_WATCH_STREAMS_PER_OPERATOR: usize = 1_024;
+
 // Membership (`coordinator`).
 /// How many times a joining node asks to be added before it gives up.
 pub const MAX_JOIN_ATTEMPTS: u32 = 240;

@@ -11,12 +11,13 @@ use crate::error::NodeError;
 /// accurate to about this much.
 pub const PLANNER_TICK: Duration = Duration::from_secs(1);
 /// The actor of every planner step in the audit log.
-pub const PLANNER_ACTOR: &str = "planner";
+pub use fleet_core::access::PLANNER_ACTOR;
 
 /// On the leader, every [`PLANNER_TICK`]: plan against the applied state and propose each
 /// step. A step that went stale before it was applied is refused by the state machine and
-/// planned again on the next tick.
-pub async fn run_planner(c: Arc<Coordinator>) {
+/// planned again on the next tick. While no operator holds `admin` (a data dir from before
+/// roles), it binds `bootstrap_admin` first.
+pub async fn run_planner(c: Arc<Coordinator>, bootstrap_admin: String) {
     let mut tick = tokio::time::interval(PLANNER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -24,6 +25,11 @@ pub async fn run_planner(c: Arc<Coordinator>) {
         // A skewed clock decides nothing: soaks and freezes would be judged by a wrong time.
         if c.leader().map(|(id, _)| id) != Some(c.id) || !c.clock.may_stamp(now_ms()) {
             continue;
+        }
+        if !c.read_state(|s| s.has_admin())
+            && let Err(error) = crate::serve::bind_bootstrap_admin(&c, &bootstrap_admin).await
+        {
+            tracing::warn!(%error, "no admin, and the bootstrap admin could not be bound");
         }
         // Never earlier than a committed time: a report stamped by the previous leader is not
         // "in the future" of this decision.

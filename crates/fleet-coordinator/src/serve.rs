@@ -83,6 +83,12 @@ pub struct CoordinatorConfig {
     /// request, mutual TLS to the other coordinators. `None` is plaintext without any
     /// authentication, refused unless every listen and advertise address is loopback.
     pub tls: Option<fleet_identity::Credentials>,
+    /// The operator a `--bootstrap` binds `admin` to while no operator holds it (the name of
+    /// `spiffe://TD/operator/NAME`; default `admin`, whose certificate `fleet-ctl pki init`
+    /// writes).
+    pub bootstrap_admin: String,
+    /// Most watch streams one operator or token may hold open on this node.
+    pub max_watch_streams_per_operator: usize,
 }
 
 impl CoordinatorConfig {
@@ -105,6 +111,8 @@ impl CoordinatorConfig {
             allow_failpoint_rpc: false,
             max_clock_offset_ms: crate::clock::DEFAULT_MAX_CLOCK_OFFSET_MS,
             tls: None,
+            bootstrap_admin: DEFAULT_BOOTSTRAP_ADMIN.into(),
+            max_watch_streams_per_operator: crate::limits::DEFAULT_MAX_WATCH_STREAMS_PER_OPERATOR,
         }
     }
 
@@ -231,6 +239,7 @@ where
         clock: crate::clock::ClockCheck::new(config.max_clock_offset_ms),
         last_stamp_ms: Default::default(),
         campaign_vetoes: Default::default(),
+        watch_streams: crate::watches::WatchStreams::new(config.max_watch_streams_per_operator),
     });
 
     // The node's own tasks; stopped at shutdown, and on an early return by the drop.
@@ -264,7 +273,7 @@ where
     );
     background.spawn(
         "rollout-planner",
-        crate::planner::run_planner(coordinator.clone()),
+        crate::planner::run_planner(coordinator.clone(), config.bootstrap_admin.clone()),
     );
     background.spawn(
         "clock-check",
@@ -275,7 +284,10 @@ where
         .await
         .map_err(|e| NodeError::Startup(format!("listen on {}: {e}", config.listen)))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let authenticate = grpc::auth::Authenticate(security.authenticator.clone());
+    let authenticate = grpc::auth::Authenticate {
+        authenticator: security.authenticator.clone(),
+        coordinator: coordinator.clone(),
+    };
     let router = tonic::transport::Server::builder()
         // Finds agents that vanished without closing their watch streams.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -371,6 +383,9 @@ where
             .current_leader(config.id, "bootstrap leads")
             .await
             .map_err(|e| NodeError::Startup(format!("no leadership after bootstrap: {e}")))?;
+    }
+    if matches!(config.start, Start::Bootstrap | Start::BootstrapOrResume) {
+        bind_bootstrap_admin(&coordinator, &config.bootstrap_admin).await?;
     }
     on_ready(coordinator.clone()).await?;
 
@@ -612,4 +627,37 @@ async fn watch_for_fatal(raft: Raft, stopping: Arc<AtomicBool>) {
             std::process::exit(EXIT_RAFT_FATAL);
         }
     }
+}
+
+/// The operator `--bootstrap` makes the first admin unless told otherwise: the one
+/// `fleet-ctl pki init` writes a certificate for.
+pub const DEFAULT_BOOTSTRAP_ADMIN: &str = "admin";
+
+/// Binds `admin` to `operator` as this coordinator, if no operator holds it (a new cluster, or
+/// a data dir from before roles): the only binding a coordinator may make
+/// ([`fleet_core::access`]). At `--bootstrap` before the node is ready; otherwise the leader's
+/// planner does it.
+pub(crate) async fn bind_bootstrap_admin(
+    coordinator: &Coordinator,
+    operator: &str,
+) -> Result<(), NodeError> {
+    if coordinator.read_state(|s| s.has_admin()) {
+        return Ok(());
+    }
+    let command = fleet_core::Command::BindRole {
+        principal: operator.to_string(),
+        role: fleet_core::access::Role::Admin.to_string(),
+        environments: Vec::new(),
+        workloads: Vec::new(),
+    };
+    coordinator
+        .write(
+            command,
+            fleet_core::Principal::Coordinator(coordinator.id).actor(),
+            "the bootstrap admin".into(),
+        )
+        .await
+        .map_err(|e| NodeError::Startup(format!("bind the bootstrap admin {operator}: {e}")))?;
+    tracing::info!(operator, "bound the bootstrap admin");
+    Ok(())
 }

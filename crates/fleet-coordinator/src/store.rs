@@ -637,7 +637,7 @@ mod tests {
             command: StoredCommand::new(Command::AddSite { name: name.into() }),
             context: Context {
                 now_ms: 1_700_000_000_000,
-                actor: "test".into(),
+                actor: fleet_core::access::UNAUTHENTICATED_ACTOR.into(),
                 reason: String::new(),
             },
             audit_format: fleet_core::audit::AUDIT_EVENT_FORMAT,

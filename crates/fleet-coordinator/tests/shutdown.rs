@@ -42,7 +42,7 @@ fn a_stopped_coordinator_leaves_none_of_its_tasks_running() {
                         Command::AddSite {
                             name: "oslo".into(),
                         },
-                        "test".into(),
+                        "admin".into(),
                         String::new(),
                     )
                     .await?;

@@ -12,11 +12,13 @@
 //! - format 1: the byte `1`, then the same as format 0. Its entries are checked by the rules
 //!   of format 1 (actors compared trimmed and case-insensitively, control characters refused,
 //!   a rejected revision published only with `allow_rejected`).
-//! - format 2 (written now): the byte `2`, then the same as format 0. Its entries are also
+//! - format 2: the byte `2`, then the same as format 0. Its entries are also
 //!   checked by the rules of format 2: a pipeline change may not leave out an environment
 //!   with an active rollout, a rollout started by a format-2 `Promote` follows the planner of
 //!   format 2 (`rollout::ROLLOUT_RULES_V2`), and a freeze window on a workload's first
 //!   environment blocks publishing unless `override_freeze` is set.
+//! - format 3 (written now): the byte `3`, then the same as format 0. Its entries are also
+//!   authorized: the actor must hold a role that allows the command ([`crate::access`]).
 //!
 //! An event's format is chosen by the log entry it comes from (`ProposalItem.audit_format` in
 //! fleet-node; 0 for entries from before formats), never by the build that applies it, so a
@@ -34,7 +36,7 @@ use crate::command::{Context, StoredCommand};
 use crate::model::TimeMs;
 
 /// The format of the events this build writes (see the module docs).
-pub const AUDIT_EVENT_FORMAT: u32 = 2;
+pub const AUDIT_EVENT_FORMAT: u32 = 3;
 
 /// The `prev_hash` of the first event.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -94,6 +96,7 @@ impl AuditEvent {
             0 => {}
             1 => hasher.update([1u8]),
             2 => hasher.update([2u8]),
+            3 => hasher.update([3u8]),
             _ => return None,
         }
         for part in [

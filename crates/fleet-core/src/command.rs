@@ -127,11 +127,44 @@ pub enum Command {
         rollout: u64,
         step: RolloutStep,
     },
+    /// Binds `role` (a [`crate::access::Role`] name) to operator `principal`, scoped to
+    /// `environments` and `workloads` (empty: all). Binding a role the operator holds replaces
+    /// its scope. From entry format 3.
+    BindRole {
+        principal: String,
+        role: String,
+        #[serde(default)]
+        environments: Vec<String>,
+        #[serde(default)]
+        workloads: Vec<String>,
+    },
+    /// Takes `role` from operator `principal`. The last admin cannot be unbound.
+    UnbindRole {
+        principal: String,
+        role: String,
+    },
+    /// Makes bearer token `name` with one role and scope until `expires_at_ms`. The node that
+    /// takes the request draws the secret and shows it once; only its SHA-256 (lowercase hex)
+    /// is stored.
+    CreateToken {
+        name: String,
+        secret_sha256: String,
+        role: String,
+        #[serde(default)]
+        environments: Vec<String>,
+        #[serde(default)]
+        workloads: Vec<String>,
+        expires_at_ms: TimeMs,
+    },
+    /// Revokes bearer token `name`: from this entry on, no node accepts it.
+    RevokeToken {
+        name: String,
+    },
 }
 
 impl Command {
     /// Every [`Command::kind`], in declaration order: what `audit --kind` accepts.
-    pub const KINDS: [&'static str; 19] = [
+    pub const KINDS: [&'static str; 23] = [
         "add_site",
         "add_environment",
         "register_cluster",
@@ -151,6 +184,10 @@ impl Command {
         "add_freeze",
         "remove_freeze",
         "advance_rollout",
+        "bind_role",
+        "unbind_role",
+        "create_token",
+        "revoke_token",
     ];
 
     /// A short name for logs and the audit log, e.g. `register_cluster`; the same as the
@@ -176,6 +213,10 @@ impl Command {
             Command::AddFreeze { .. } => "add_freeze",
             Command::RemoveFreeze { .. } => "remove_freeze",
             Command::AdvanceRollout { .. } => "advance_rollout",
+            Command::BindRole { .. } => "bind_role",
+            Command::UnbindRole { .. } => "unbind_role",
+            Command::CreateToken { .. } => "create_token",
+            Command::RevokeToken { .. } => "revoke_token",
         }
     }
 
@@ -328,6 +369,21 @@ pub enum Outcome {
     },
     FreezeRemoved {
         id: u64,
+    },
+    RoleBound {
+        principal: String,
+        role: String,
+    },
+    RoleUnbound {
+        principal: String,
+        role: String,
+    },
+    TokenCreated {
+        name: String,
+        expires_at_ms: TimeMs,
+    },
+    TokenRevoked {
+        name: String,
     },
 }
 

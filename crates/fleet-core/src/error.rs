@@ -28,6 +28,10 @@ pub enum CoreError {
     /// The request is well formed but the fleet is not in a state that allows it.
     #[error("{message}")]
     FailedPrecondition { message: String, hint: String },
+    /// The actor may not do this ([`crate::access`]): the message names the actor, the action
+    /// and the role it lacks.
+    #[error("{message}")]
+    PermissionDenied { message: String, hint: String },
 }
 
 impl CoreError {
@@ -61,7 +65,8 @@ impl CoreError {
             CoreError::InvalidArgument { hint, .. }
             | CoreError::NotFound { hint, .. }
             | CoreError::AlreadyExists { hint, .. }
-            | CoreError::FailedPrecondition { hint, .. } => hint,
+            | CoreError::FailedPrecondition { hint, .. }
+            | CoreError::PermissionDenied { hint, .. } => hint,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! the same [`State`], which is what lets every coordinator replay the replicated log to the
 //! same result.
 
+pub mod access;
 pub mod audit;
 pub mod command;
 pub mod error;

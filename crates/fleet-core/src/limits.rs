@@ -16,6 +16,14 @@ pub const MAX_PATH_TEMPLATE_LEN: usize = 256;
 pub const MAX_ACTOR_LEN: usize = 128;
 /// Longest reason text recorded in the audit log.
 pub const MAX_REASON_LEN: usize = 1024;
+/// Most operators that hold roles at once.
+pub const MAX_ROLE_BINDINGS: usize = 10_000;
+/// Most bearer tokens (not revoked) at once.
+pub const MAX_TOKENS: usize = 1_000;
+/// Most environments, and most workloads, one role binding or token is scoped to.
+pub const MAX_SCOPE_ENTRIES: usize = 64;
+/// Longest a bearer token may be valid: 1 year.
+pub const MAX_TOKEN_TTL_MS: u64 = 366 * 24 * 3600 * 1000;
 /// Most sites in one fleet.
 pub const MAX_SITES: usize = 1024;
 /// Most entries in a pipeline's wave order (sites, or values of the wave label).

@@ -170,8 +170,9 @@ impl fmt::Display for Principal {
 }
 
 /// Names no operator may have: the audit actors of the fleet's own steps (the rollout
-/// planner's; the others hold a `:`, which operator names cannot).
-pub const RESERVED_OPERATOR_NAMES: [&str; 1] = ["planner"];
+/// planner's) and of callers of a node without TLS; the others (`agent:`, `coordinator:`,
+/// `token:`) hold a `:`, which operator names cannot.
+pub const RESERVED_OPERATOR_NAMES: [&str; 2] = ["planner", "unauthenticated"];
 
 /// An operator name: 1 to [`MAX_NAME_LEN`] characters of ASCII letters, digits, `.`, `-`, `_`
 /// (the characters a SPIFFE ID path segment may hold, SPIFFE-ID section 2.2).

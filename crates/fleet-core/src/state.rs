@@ -63,6 +63,12 @@ pub struct State {
     /// [`MAX_ASSIGNMENT_CHANGES_KEPT`] per cluster: answers "what did it run at time T".
     #[serde(default)]
     assignment_log: BTreeMap<String, Vec<AssignmentChange>>,
+    /// Operators' roles, by operator name, then role (from entry format 3).
+    #[serde(default)]
+    pub(crate) role_bindings: BTreeMap<String, BTreeMap<crate::access::Role, crate::access::Grant>>,
+    /// Bearer tokens that are not revoked, by name (expired ones stay until revoked).
+    #[serde(default)]
+    pub(crate) tokens: BTreeMap<String, crate::access::Token>,
     /// The latest command time applied (`Context::now_ms`), status reports included: the floor
     /// for the next time a leader stamps, so committed time never goes backwards when
     /// leadership moves to a node whose clock is behind. 0 in snapshots from before it.
@@ -123,6 +129,8 @@ impl Default for State {
             rejected: BTreeMap::new(),
             history: BTreeMap::new(),
             assignment_log: BTreeMap::new(),
+            role_bindings: BTreeMap::new(),
+            tokens: BTreeMap::new(),
             last_time_ms: 0,
         }
     }
@@ -240,17 +248,32 @@ impl State {
                 self.require_cluster(cluster)?;
                 self.require_workload(&report.workload).map(|_| ())
             }
+            Command::BindRole { .. }
+            | Command::UnbindRole { .. }
+            | Command::CreateToken { .. }
+            | Command::RevokeToken { .. } => self.check_access(command),
             _ => self.check_promotion(command, ctx, format),
         }
     }
 
-    /// Applies one command. On error nothing has changed. On success the change is in the state
-    /// and an audit event for it is at the end of the audit log.
+    /// [`State::check_against_state`], and first whether the actor may do it
+    /// ([`crate::access::authorize`]): what a coordinator checks before it proposes a client's
+    /// command, as apply will for the entry.
+    pub fn check_entry(&self, command: &Command, ctx: &Context) -> Result<(), CoreError> {
+        crate::access::authorize(self, &ctx.actor, command, ctx.now_ms)?;
+        self.check_against_state(command, ctx)
+    }
+
+    /// Applies one command as a trusted caller: a test, a simulation, a dry run. Every check
+    /// but authorization runs; a coordinator's log entries go through [`State::apply_stored`],
+    /// which authorizes the actor too. On error nothing has changed. On success the change is
+    /// in the state and an audit event for it is at the end of the audit log.
     pub fn apply(&mut self, command: &Command, ctx: &Context) -> Result<Outcome, CoreError> {
-        self.apply_stored(
+        self.apply_entry(
             &StoredCommand::new(command.clone()),
             ctx,
             crate::audit::AUDIT_EVENT_FORMAT,
+            Authorization::Trusted,
         )
     }
 
@@ -262,11 +285,23 @@ impl State {
     /// # Errors
     /// As [`State::apply`]; also `FailedPrecondition` for an event format this build does not
     /// know (the entry was written by a newer build).
+    /// From format 3, the actor must be allowed to ([`crate::access::authorize`]);
+    /// `PermissionDenied` otherwise.
     pub fn apply_stored(
         &mut self,
         stored: &StoredCommand,
         ctx: &Context,
         event_format: u32,
+    ) -> Result<Outcome, CoreError> {
+        self.apply_entry(stored, ctx, event_format, Authorization::ByRoles)
+    }
+
+    fn apply_entry(
+        &mut self,
+        stored: &StoredCommand,
+        ctx: &Context,
+        event_format: u32,
+        authorized: Authorization,
     ) -> Result<Outcome, CoreError> {
         let command = stored.command();
         if event_format > crate::audit::AUDIT_EVENT_FORMAT {
@@ -292,6 +327,11 @@ impl State {
             ctx
         };
         validate::command_in(command, &ctx.actor, &ctx.reason, event_format)?;
+        // Since format 3, the actor must be allowed to (`access`); older entries were written
+        // before roles existed and replay as they were acknowledged.
+        if event_format >= 3 && authorized == Authorization::ByRoles {
+            crate::access::authorize(self, &ctx.actor, command, ctx.now_ms)?;
+        }
         self.check_against_state_in(command, ctx, event_format)?;
         self.last_time_ms = self.last_time_ms.max(ctx.now_ms);
         let (outcome, summary) = match command {
@@ -537,6 +577,10 @@ impl State {
                 };
                 return Ok(outcome);
             }
+            Command::BindRole { .. }
+            | Command::UnbindRole { .. }
+            | Command::CreateToken { .. }
+            | Command::RevokeToken { .. } => self.apply_access(command, ctx),
             _ => self.apply_promotion(command, ctx, event_format),
         };
         debug_assert!(command.is_audited());
@@ -941,6 +985,15 @@ impl State {
     pub fn verify_audit(&self) -> Result<(), crate::AuditVerifyError> {
         verify_chain(&self.audit)
     }
+}
+
+/// Whether [`State::apply_entry`] authorizes the actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Authorization {
+    /// A log entry: by the roles in the state (from format 3).
+    ByRoles,
+    /// A trusted caller's ([`State::apply`]).
+    Trusted,
 }
 
 fn limit(what: &str, have: usize, max: usize) -> Result<(), CoreError> {

@@ -189,7 +189,81 @@ pub fn command_in(
             Ok(())
         }
         Command::RemoveFreeze { .. } => Ok(()),
+        Command::BindRole {
+            principal,
+            role,
+            environments,
+            workloads,
+        } => {
+            crate::principal::operator_name("principal", principal)?;
+            crate::access::Role::parse("role", role)?;
+            scope(environments, workloads)
+        }
+        Command::UnbindRole { principal, role } => {
+            crate::principal::operator_name("principal", principal)?;
+            crate::access::Role::parse("role", role).map(|_| ())
+        }
+        Command::CreateToken {
+            name,
+            secret_sha256,
+            role,
+            environments,
+            workloads,
+            expires_at_ms,
+        } => {
+            crate::principal::operator_name("name", name)?;
+            if secret_sha256.len() != 64
+                || !secret_sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(CoreError::invalid(
+                    "secret_sha256",
+                    "is not 64 lowercase hex digits",
+                    "the coordinator fills it in; send the request through `fleet-ctl token create`",
+                ));
+            }
+            crate::access::Role::parse("role", role)?;
+            if *expires_at_ms == 0 {
+                return Err(CoreError::invalid(
+                    "expires_at_ms",
+                    "must be set",
+                    "give the token a lifetime, e.g. --ttl 90d",
+                ));
+            }
+            scope(environments, workloads)
+        }
+        Command::RevokeToken { name } => crate::principal::operator_name("name", name),
     }
+}
+
+/// A role's scope: environment and workload names, each listed once, at most
+/// [`MAX_SCOPE_ENTRIES`] of each.
+fn scope(environments: &[String], workloads: &[String]) -> Result<(), CoreError> {
+    for (field, names) in [("environments", environments), ("workloads", workloads)] {
+        if names.len() > MAX_SCOPE_ENTRIES {
+            return Err(CoreError::invalid(
+                field,
+                format!(
+                    "{} names is over the limit of {MAX_SCOPE_ENTRIES}",
+                    names.len()
+                ),
+                "bind the role without a scope, or split it",
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for name in names {
+            dns_label(field, name)?;
+            if !seen.insert(name) {
+                return Err(CoreError::invalid(
+                    field,
+                    format!("{name} is listed twice"),
+                    "list each name once",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The shape of a pipeline; [`crate::rollout::validate_pipeline`] checks it against the fleet.

@@ -97,12 +97,19 @@ impl CtlError {
 #[derive(Clone)]
 pub struct Req {
     timeout: Duration,
+    /// `Bearer TOKEN`, sent as `authorization` metadata (RFC 6750 section 2.1).
+    bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Req {
     pub fn wrap<M>(&self, message: M) -> Request<M> {
         let mut request = Request::new(message);
         request.set_timeout(self.timeout);
+        if let Some(bearer) = &self.bearer {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+        }
         request
     }
 }
@@ -133,11 +140,23 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(endpoints: Vec<String>, transport: Transport, timeout: Duration) -> Self {
+    /// # Panics
+    /// When `token` cannot be metadata; `identity::resolve` has checked its shape.
+    pub fn new(
+        endpoints: Vec<String>,
+        transport: Transport,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Self {
+        let bearer = token.map(|t| {
+            format!("Bearer {}", t.trim())
+                .parse()
+                .expect("a checked token is ASCII")
+        });
         Client {
             endpoints,
             transport,
-            req: Req { timeout },
+            req: Req { timeout, bearer },
             preferred: AtomicUsize::new(0),
         }
     }
@@ -243,7 +262,10 @@ impl Client {
                 Kind::Read => left.min(READ_ATTEMPT_TIMEOUT),
                 Kind::Write => left,
             };
-            let req = Req { timeout: attempt };
+            let req = Req {
+                timeout: attempt,
+                bearer: self.req.bearer.clone(),
+            };
             // The request carries the attempt's deadline (grpc-timeout; a call may set a longer
             // one, as `coordinator add` does for its catch-up), which tonic enforces on this side
             // too and the node honours. A read is also cut off here, whatever the call set.

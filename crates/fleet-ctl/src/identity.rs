@@ -48,11 +48,34 @@ pub struct Connection {
     /// authenticated there.
     #[arg(long, global = true, conflicts_with_all = ["ca", "cert", "key"])]
     pub insecure_plaintext: bool,
+    /// A bearer token (`fleet-ctl token create`) to act as, e.g. in CI; sent instead of a
+    /// certificate (the CA is still needed to check the coordinator).
+    #[arg(long, env = "FLEET_TOKEN", global = true, hide_env_values = true, conflicts_with_all = ["cert", "key"])]
+    pub token: Option<String>,
+}
+
+/// What `resolve` found: where to connect, how, and the bearer token to send, if any.
+pub struct Resolved {
+    pub endpoints: Vec<String>,
+    pub transport: Transport,
+    pub token: Option<String>,
 }
 
 /// Where to connect and how: the flags first, then the context.
-pub fn resolve(connection: &Connection) -> anyhow::Result<(Vec<String>, Transport)> {
+pub fn resolve(connection: &Connection) -> anyhow::Result<Resolved> {
     let context = selected_context(connection.context.as_deref())?;
+    let token = connection
+        .token
+        .clone()
+        .or_else(|| context.as_ref().and_then(|c| c.token.clone()));
+    if let Some(token) = &token
+        && fleet_core::access::bearer_token_parts(token.trim()).is_none()
+    {
+        bail!(
+            "--token: not a fleet token (fleet:NAME:SECRET); use the text `fleet-ctl token \
+             create` printed, whole"
+        );
+    }
     let endpoints = connection
         .endpoints
         .clone()
@@ -64,7 +87,11 @@ pub fn resolve(connection: &Connection) -> anyhow::Result<(Vec<String>, Transpor
             && connection.cert.is_none()
             && context.as_ref().is_some_and(|c| c.insecure_plaintext))
     {
-        return Ok((endpoints, Transport::Plaintext));
+        return Ok(Resolved {
+            endpoints,
+            transport: Transport::Plaintext,
+            token,
+        });
     }
     let from_context = |pick: fn(&NamedContext) -> Option<PathBuf>| context.as_ref().and_then(pick);
     let ca = connection
@@ -88,7 +115,7 @@ pub fn resolve(connection: &Connection) -> anyhow::Result<(Vec<String>, Transpor
         );
     };
     let transport = match (cert, key) {
-        (Some(cert), Some(key)) => {
+        (Some(cert), Some(key)) if token.is_none() => {
             let own = Credentials::load(&TlsFiles { ca, cert, key }, domain.as_ref())?;
             Transport::tls(&own.trust, Some(&own))?
         }
@@ -97,7 +124,11 @@ pub fn resolve(connection: &Connection) -> anyhow::Result<(Vec<String>, Transpor
             Transport::tls(&trust, None)?
         }
     };
-    Ok((endpoints, transport))
+    Ok(Resolved {
+        endpoints,
+        transport,
+        token,
+    })
 }
 
 fn trust_domain(value: Option<&str>) -> anyhow::Result<Option<TrustDomain>> {
@@ -288,6 +319,9 @@ pub enum ConfigCmd {
         cert: Option<PathBuf>,
         #[arg(long = "context-key")]
         key: Option<PathBuf>,
+        /// A bearer token to act as (from `fleet-ctl token create`) instead of a certificate.
+        #[arg(long = "context-token", conflicts_with_all = ["cert", "key"])]
+        token: Option<String>,
     },
 }
 
@@ -346,6 +380,7 @@ pub fn config(command: ConfigCmd, json: bool) -> anyhow::Result<()> {
             ca,
             cert,
             key,
+            token,
         } => {
             let absolute = |p: Option<PathBuf>| p.map(|p| absolute(&p));
             config.upsert(NamedContext {
@@ -355,6 +390,7 @@ pub fn config(command: ConfigCmd, json: bool) -> anyhow::Result<()> {
                 cert: absolute(cert),
                 key: absolute(key),
                 insecure_plaintext: false,
+                token,
             });
             config.save(&path)?;
             eprintln!("context {name} written to {}", path.display());

@@ -6,6 +6,7 @@
 //! answered (it may or may not have been applied), 7 not authenticated or not allowed. Output
 //! to a closed pipe ends the process quietly (SIGPIPE).
 
+mod access;
 mod client;
 mod identity;
 mod output;
@@ -15,7 +16,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fleet_api::proto::*;
 use serde_json::json;
@@ -99,6 +100,12 @@ enum Cmd {
     /// Freeze windows: no promotion into the environment starts or advances during one.
     #[command(subcommand)]
     Freeze(promotion::FreezeCmd),
+    /// Roles: who may read, publish, operate, promote or administer, and where.
+    #[command(subcommand)]
+    Role(access::RoleCmd),
+    /// Bearer tokens for CI, each with one role.
+    #[command(subcommand)]
+    Token(access::TokenCmd),
     /// What CLUSTER was assigned at a time (default now), and the changes that led there.
     History {
         cluster: String,
@@ -238,8 +245,35 @@ enum WorkloadCmd {
 
 #[derive(Subcommand)]
 enum AuditCmd {
-    /// Fetch every event and recompute the hash chain here; exit 0 only when it verifies.
-    Verify,
+    /// Fetch every event and recompute the hash chain here; exit 0 only when it verifies
+    /// (and, with --head, when the log still holds that event with that hash).
+    Verify {
+        /// An audit head kept elsewhere (`fleet-ctl audit head`), as SEQ:HASH: the log must
+        /// still hold event SEQ with exactly this hash. A log that was replaced or truncated
+        /// since fails, even when its own chain verifies.
+        #[arg(long, value_parser = parse_audit_head)]
+        head: Option<(u64, String)>,
+    },
+    /// The newest event's sequence number and hash, as SEQ:HASH: keep it outside the
+    /// coordinators (a ticket, a second system) and check it later with `audit verify --head`.
+    Head,
+}
+
+/// `SEQ:HASH`: a sequence number (1 or more) and a 64-hex-digit SHA-256.
+fn parse_audit_head(s: &str) -> Result<(u64, String), String> {
+    let hint = "give SEQ:HASH as `fleet-ctl audit head` prints it, e.g. 42:9f86d08…(64 hex digits)";
+    let (seq, hash) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} has no ':'; {hint}"))?;
+    let seq: u64 = seq
+        .parse()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| format!("{seq:?} is not a sequence number (1 or more); {hint}"))?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{hash:?} is not 64 hex digits; {hint}"));
+    }
+    Ok((seq, hash.to_ascii_lowercase()))
 }
 
 /// An RFC 3339 time (section 5.6: `2026-11-30T15:34:27+05:30`, `...Z`, `...-00:00`, with
@@ -374,8 +408,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Config(command) => return identity::config(command, json),
         _ => {}
     }
-    let (endpoints, transport) = identity::resolve(&cli.connection)?;
-    let client = Client::new(endpoints, transport, Duration::from_secs(cli.timeout_s));
+    let resolved = identity::resolve(&cli.connection)?;
+    let client = Client::new(
+        resolved.endpoints,
+        resolved.transport,
+        resolved.token.as_deref(),
+        Duration::from_secs(cli.timeout_s),
+    );
     let reason = cli.reason.clone();
     let c = consistency(&cli);
     match cli.command {
@@ -718,9 +757,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             emit(json, t, json!({ "releases": items }))
         }
         Cmd::Audit {
-            verify: Some(AuditCmd::Verify),
+            verify: Some(AuditCmd::Verify { head }),
             ..
-        } => audit_verify(&client, c, json).await,
+        } => audit_verify(&client, c, head, json).await,
+        Cmd::Audit {
+            verify: Some(AuditCmd::Head),
+            ..
+        } => audit_head(&client, c, json).await,
         Cmd::Audit {
             verify: None,
             kind,
@@ -756,6 +799,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             promotion::change(&client, t, RolloutAction::Approve, reason, json).await
         }
         Cmd::Freeze(cmd) => promotion::freeze(&client, cmd, reason, c, json).await,
+        Cmd::Role(cmd) => access::role(&client, cmd, reason, c, json).await,
+        Cmd::Token(cmd) => access::token(&client, cmd, reason, c, json).await,
         Cmd::Environment(EnvironmentCmd::Approvals { name, approvals }) => {
             promotion::set_approvals(&client, name, approvals, reason, json).await
         }
@@ -1038,25 +1083,82 @@ async fn fetch_audit_newest(
     Ok((events, matching.unwrap_or(0)))
 }
 
-/// `audit verify`: the chain recomputed on this machine from what the coordinator serves.
-async fn audit_verify(client: &Client, consistency: i32, json: bool) -> anyhow::Result<()> {
+/// `audit head`: the newest event as SEQ:HASH.
+async fn audit_head(client: &Client, consistency: i32, json: bool) -> anyhow::Result<()> {
+    let (events, _) = fetch_audit_newest(client, consistency, "", 0, 1).await?;
+    let Some(head) = events.last() else {
+        bail!("the audit log is empty: there is no head to keep yet");
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "sequence": head.sequence,
+                "hash": head.hash,
+                "head": format!("{}:{}", head.sequence, head.hash),
+                "time_ms": head.time_ms,
+            }))?
+        );
+    } else {
+        println!("{}:{}", head.sequence, head.hash);
+    }
+    Ok(())
+}
+
+/// `audit verify`: the chain recomputed on this machine from what the coordinator serves, and
+/// with `head`, that the chain still holds that event with that hash.
+async fn audit_verify(
+    client: &Client,
+    consistency: i32,
+    head: Option<(u64, String)>,
+    json: bool,
+) -> anyhow::Result<()> {
     let events = fetch_audit(client, consistency, "", 0, usize::MAX).await?;
     let mut chain = Vec::with_capacity(events.len());
     for e in &events {
         chain.push(fleet_api::convert::audit_event_from_wire(e).map_err(|e| anyhow!(e))?);
     }
-    let head = chain.last().map_or("-".to_string(), |e| e.hash.clone());
-    match fleet_core::audit::verify_chain(&chain) {
+    let newest = chain.last().map_or("-".to_string(), |e| e.hash.clone());
+    let verdict = fleet_core::audit::verify_chain(&chain)
+        .map_err(|e| e.to_string())
+        .and_then(|()| match &head {
+            None => Ok(()),
+            Some((sequence, hash)) => match chain.iter().find(|e| e.sequence == *sequence) {
+                Some(e) if e.hash == *hash => Ok(()),
+                Some(e) => Err(format!(
+                    "event {sequence} has hash {}, not the kept head's {hash}: the log was \
+                     replaced since that head was taken",
+                    e.hash
+                )),
+                None => Err(format!(
+                    "the log ends at event {}, before the kept head's event {sequence}: it was \
+                     truncated or replaced since that head was taken",
+                    chain.last().map_or(0, |e| e.sequence)
+                )),
+            },
+        });
+    match verdict {
         Ok(()) => {
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(
-                        &json!({"verified": true, "events": chain.len(), "head_hash": head})
-                    )?
+                    serde_json::to_string_pretty(&json!({
+                        "verified": true,
+                        "events": chain.len(),
+                        "head_hash": newest,
+                        "kept_head": head.as_ref().map(|(s, h)| format!("{s}:{h}")),
+                    }))?
+                );
+            } else if let Some((sequence, _)) = &head {
+                println!(
+                    "audit chain verifies: {} events, head {newest}; it holds the kept head (event {sequence})",
+                    chain.len()
                 );
             } else {
-                println!("audit chain verifies: {} events, head {head}", chain.len());
+                println!(
+                    "audit chain verifies: {} events, head {newest}",
+                    chain.len()
+                );
             }
             Ok(())
         }
@@ -1065,7 +1167,7 @@ async fn audit_verify(client: &Client, consistency: i32, json: bool) -> anyhow::
                 println!(
                     "{}",
                     serde_json::to_string_pretty(
-                        &json!({"verified": false, "events": chain.len(), "error": e.to_string()})
+                        &json!({"verified": false, "events": chain.len(), "error": e})
                     )?
                 );
             }

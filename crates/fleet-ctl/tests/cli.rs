@@ -14,6 +14,7 @@ use common::{ctl, ctl_as, git, ok_json, ok_json_as, operator};
 async fn ctl_registers_publishes_by_ref_and_reports_status_as_json() {
     let cluster = ProcessCluster::start(1, &[]).await;
     let ep = cluster.endpoints();
+    ok_json(&ep, &["role", "bind", "alice", "operator"]);
     ok_json_as(
         &operator("alice"),
         &ep,
@@ -112,8 +113,11 @@ async fn ctl_registers_publishes_by_ref_and_reports_status_as_json() {
     let audit = ok_json(&ep, &["audit"]);
     let events = audit["events"].as_array().unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(events[0]["actor"], "coordinator:1", "the bootstrap admin");
+    assert_eq!(events[1]["actor"], "admin");
+    let events = &events[2..];
     assert_eq!(
-        kinds,
+        kinds[2..],
         [
             "add_site",
             "register_cluster",
@@ -306,9 +310,12 @@ async fn ctl_coordinator_disk_shows_each_nodes_probe_and_verdict() {
 async fn ctl_actors_are_the_certificates_operators_and_control_characters_in_reasons_are_refused() {
     let cluster = ProcessCluster::start(1, &[]).await;
     let ep = cluster.endpoints();
+    for name in ["kari", "ola.nordmann"] {
+        ok_json(&ep, &["role", "bind", name, "operator"]);
+    }
     ok_json_as(&operator("kari"), &ep, &["site", "add", "oslo"]);
     ok_json_as(&operator("ola.nordmann"), &ep, &["site", "add", "bergen"]);
-    let audit = ok_json(&ep, &["audit"]);
+    let audit = ok_json(&ep, &["audit", "--kind", "add_site"]);
     assert_eq!(audit["events"][0]["actor"], "kari", "{audit}");
     assert_eq!(audit["events"][1]["actor"], "ola.nordmann");
     // `--as` is gone: the actor is who the certificate says, nothing else.
@@ -343,4 +350,78 @@ async fn ctl_actors_are_the_certificates_operators_and_control_characters_in_rea
     }
     let sites = ok_json(&ep, &["site", "list"]);
     assert_eq!(sites["sites"].as_array().unwrap().len(), 2, "{sites}");
+}
+
+/// An audit head kept outside the coordinators: `audit head` prints SEQ:HASH, and `audit verify
+/// --head` passes on the live log (also after later writes) and fails once the node's data dir
+/// holds another history: here the same node at the same address, started with --bootstrap on
+/// its emptied data dir, so that its new log verifies on its own but no longer holds the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_with_a_kept_head_fails_on_a_replaced_or_truncated_log() {
+    let mut cluster = ProcessCluster::start(1, &[]).await;
+    let ep = cluster.endpoints();
+    for site in ["oslo", "bergen", "stavanger", "tromso"] {
+        ok_json(&ep, &["site", "add", site]);
+    }
+    let out = ctl(&ep, &["audit", "head"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let (sequence, hash) = head.split_once(':').expect("SEQ:HASH");
+    let sequence: u64 = sequence.parse().expect("a sequence number");
+    assert!(sequence >= 4 && hash.len() == 64, "{head}");
+    let as_json = ok_json(&ep, &["audit", "head"]);
+    assert_eq!(as_json["head"], head.as_str(), "{as_json}");
+
+    let verified = ok_json(&ep, &["audit", "verify", "--head", &head]);
+    assert_eq!(verified["verified"], true, "{verified}");
+    ok_json(&ep, &["site", "add", "bodo"]);
+    let verified = ok_json(&ep, &["audit", "verify", "--head", &head]);
+    assert_eq!(
+        verified["verified"], true,
+        "a later write keeps the head: {verified}"
+    );
+
+    // A malformed head is refused before anything is fetched.
+    let out = ctl(
+        &ep,
+        &["audit", "verify", "--head", &format!("{sequence}:abc")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("64 hex digits"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The log replaced by a shorter one: the kept event is gone.
+    cluster.node(1).kill();
+    cluster.node(1).wipe_data_dir();
+    cluster.node(1).restart_with_args(&["--bootstrap"], &[]);
+    cluster.wait_for_leader(Duration::from_secs(30)).await;
+    ok_json(&ep, &["site", "add", "oslo"]);
+    let verified = ok_json(&ep, &["audit", "verify"]);
+    assert_eq!(
+        verified["verified"], true,
+        "the new log verifies on its own"
+    );
+    let out = ctl(&ep, &["audit", "verify", "--head", &head]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a truncated log must fail: {stderr}");
+    assert!(stderr.contains("truncated or replaced"), "{stderr}");
+
+    // ... and by one as long, whose event at that sequence is another.
+    for site in ["bergen", "stavanger", "tromso", "bodo", "alta"] {
+        ok_json(&ep, &["site", "add", site]);
+    }
+    let out = ctl(&ep, &["audit", "verify", "--head", &head]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a replaced log must fail: {stderr}");
+    assert!(
+        stderr.contains(&format!("event {sequence} has hash")) && stderr.contains("replaced"),
+        "{stderr}"
+    );
 }

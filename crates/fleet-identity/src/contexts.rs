@@ -50,6 +50,10 @@ pub struct NamedContext {
     /// Plaintext, to a loopback node that runs with `--insecure-plaintext`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_plaintext: bool,
+    /// A bearer token (`fleet:NAME:SECRET`) to act as instead of a certificate. The file is
+    /// written readable by its owner only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// The config file's path (see the module docs), or `None` when neither `FLEET_CONFIG`,
@@ -127,6 +131,7 @@ mod tests {
             cert: Some("/p/operator-kari.pem".into()),
             key: Some("/p/operator-kari-key.pem".into()),
             insecure_plaintext: false,
+            token: None,
         };
         config.upsert(kari.clone());
         config.upsert(NamedContext {

@@ -274,3 +274,19 @@ pub(crate) fn write_file(path: &Path, content: &str, secret: bool) -> Result<(),
         .map_err(|e| io(&temporary, e))?;
     std::fs::rename(&temporary, path).map_err(|e| io(path, e))
 }
+
+/// A new bearer token for `name`: its text (`fleet:NAME:SECRET`, shown once) and the SHA-256
+/// of its secret (what the fleet stores). The secret is 32 bytes from the crypto provider's
+/// secure random source.
+pub fn new_bearer_token(name: &str) -> Result<(String, String), IdentityError> {
+    let mut secret = [0u8; 32];
+    crate::tls::provider()
+        .secure_random
+        .fill(&mut secret)
+        .map_err(|_| IdentityError::Tls("the secure random source failed".into()))?;
+    let secret = hex::encode(secret);
+    Ok((
+        fleet_core::access::bearer_token_text(name, &secret),
+        fleet_core::access::secret_sha256(&secret),
+    ))
+}

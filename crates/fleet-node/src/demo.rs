@@ -126,9 +126,18 @@ pub async fn seed(c: &Arc<Coordinator>, repository: &Path) -> Result<(), NodeErr
         allow_rejected: false,
         override_freeze: false,
     });
+    // kari is the admin; ola and per sign off production.
+    for approver in ["ola", "per"] {
+        commands.push(Command::BindRole {
+            principal: approver.into(),
+            role: "promoter".into(),
+            environments: vec!["production".into()],
+            workloads: Vec::new(),
+        });
+    }
+    // Seeded in kari's name: on this machine, she is whoever runs the demo.
     for command in commands {
-        c.write(command, "system:demo".into(), "demo fleet".into())
-            .await?;
+        c.write(command, ADMIN.into(), "demo fleet".into()).await?;
     }
     tracing::info!("demo fleet seeded");
     Ok(())
@@ -137,6 +146,10 @@ pub async fn seed(c: &Arc<Coordinator>, repository: &Path) -> Result<(), NodeErr
 /// The operators the demo makes certificates and fleet-ctl contexts for (the README's
 /// walkthrough: kari publishes and promotes, ola and per approve).
 pub const OPERATORS: [&str; 3] = ["kari", "ola", "per"];
+
+/// The demo's bootstrap admin, who seeds the demo fleet and binds `promoter` for production
+/// to ola and per.
+pub const ADMIN: &str = "kari";
 
 /// The demo's PKI under `pki/`: a CA (made once), the coordinator's certificate for the
 /// address it listens on (made at every start), one certificate per demo cluster and per
@@ -224,6 +237,7 @@ pub fn write_contexts(pki: &Pki, listen: SocketAddr) -> Result<PathBuf, NodeErro
             cert: Some(pki.dir.join(format!("operator-{operator}.pem"))),
             key: Some(pki.dir.join(format!("operator-{operator}-key.pem"))),
             insecure_plaintext: false,
+            token: None,
         });
     }
     if config.current_context.is_none() {

@@ -130,6 +130,15 @@ struct CoordinatorArgs {
     /// are loopback addresses.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_ca"])]
     insecure_plaintext: bool,
+    /// With --bootstrap: the operator who becomes the first admin, as a SPIFFE ID
+    /// (spiffe://TD/operator/NAME) or a name; for a CA of your own (a corporate PKI, SPIRE).
+    /// Default: spiffe://TD/operator/admin, whose certificate `fleet-ctl pki init` writes.
+    #[arg(long, value_name = "SPIFFE_ID", requires = "bootstrap")]
+    bootstrap_admin: Option<String>,
+    /// Most assignment watch streams one operator or token may hold open on this node (an
+    /// agent holds at most 4, its own cluster's).
+    #[arg(long, default_value_t = fleet_coordinator::watches::DEFAULT_MAX_WATCH_STREAMS_PER_OPERATOR)]
+    max_watch_streams_per_operator: usize,
     #[command(flatten)]
     tuning: Tuning,
 }
@@ -300,6 +309,10 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     if let (Some(ca), Some(cert), Some(key)) = (&args.tls_ca, &args.tls_cert, &args.tls_key) {
         config.tls = Some(credentials(ca, cert, key, args.trust_domain.as_deref())?);
     }
+    if let Some(admin) = &args.bootstrap_admin {
+        config.bootstrap_admin = operator_of(admin, config.tls.as_ref())?;
+    }
+    config.max_watch_streams_per_operator = args.max_watch_streams_per_operator;
     config.heartbeat_interval_ms = args.tuning.heartbeat_interval_ms;
     config.election_timeout_ms_min = args.tuning.election_timeout_ms_min;
     config.election_timeout_ms_max = args.tuning.election_timeout_ms_max;
@@ -324,6 +337,25 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The operator name `--bootstrap-admin` gives: a SPIFFE ID of the node's trust domain that
+/// names an operator, or the name itself.
+fn operator_of(value: &str, tls: Option<&fleet_identity::Credentials>) -> anyhow::Result<String> {
+    if !value.starts_with("spiffe://") {
+        fleet_core::principal::operator_name("--bootstrap-admin", value)?;
+        return Ok(value.to_string());
+    }
+    let domain = tls
+        .map(|t| t.trust.trust_domain.clone())
+        .unwrap_or_default();
+    match fleet_core::Principal::from_spiffe_id("--bootstrap-admin", value, &domain)? {
+        fleet_core::Principal::Operator(name) => Ok(name),
+        other => anyhow::bail!(
+            "--bootstrap-admin: {value} is {other}, not an operator; give \
+             spiffe://{domain}/operator/NAME"
+        ),
+    }
+}
+
 async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let mut config = CoordinatorConfig::new(
         1,
@@ -337,6 +369,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let paths = DemoPaths::new(&args.data_dir, &args.roots);
     let pki = demo::Pki::make(&paths.pki, listen)?;
     config.tls = Some(pki.coordinator.clone());
+    config.bootstrap_admin = demo::ADMIN.into();
     let contexts = demo::write_contexts(&pki, listen)?;
     serve::run(config, shutdown_signal(), move |c| async move {
         demo::seed(&c, &paths.repository).await?;

@@ -151,7 +151,10 @@ async fn requests_without_a_certificate_or_with_a_foreign_or_expired_one_are_una
         .await
         .unwrap()
         .into_inner();
-    assert!(audit.events.is_empty(), "{audit:?}");
+    // Only the bootstrap admin's binding, by the coordinator at --bootstrap.
+    assert_eq!(audit.events.len(), 1, "{audit:?}");
+    assert_eq!(audit.events[0].kind, "bind_role", "{audit:?}");
+    assert_eq!(audit.events[0].actor, "coordinator:1", "{audit:?}");
 
     // A plaintext client gets no gRPC answer at all from a TLS node.
     let plain = channel_as(&address, &Transport::Plaintext).await;

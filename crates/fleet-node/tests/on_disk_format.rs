@@ -73,15 +73,21 @@ async fn a_format_0_data_dir_is_read_and_its_audit_chain_verifies_after_a_comman
     let address = cluster.address(1);
 
     cluster.node(1).restart();
-    let verified = ctl(&address, &["audit", "verify"]);
+    // A data dir from before roles has no admin: the leader binds the bootstrap admin (the
+    // test CA's `admin`) as its first new event, after the fixture's unchanged chain.
+    let kept_head = format!("{FIXTURE_EVENTS}:{FIXTURE_HEAD}");
+    let verified = ctl(&address, &["audit", "verify", "--head", &kept_head]);
     assert_eq!(verified["verified"], true, "{verified}");
-    assert_eq!(verified["events"], FIXTURE_EVENTS, "{verified}");
-    assert_eq!(verified["head_hash"], FIXTURE_HEAD, "{verified}");
+    assert_eq!(verified["events"], FIXTURE_EVENTS + 1, "{verified}");
 
     // The publish events were stored before `allow_rejected` existed: their stored text lacks
     // it, and re-serializing the command as this build reads it would add it (and so change
     // the bytes the old hash covers).
     let events = audit_events(&address);
+    let bound = &events[FIXTURE_EVENTS as usize];
+    assert_eq!(bound["kind"], "bind_role", "{bound}");
+    assert_eq!(bound["actor"], "coordinator:1", "{bound}");
+    assert_eq!(bound["command"]["principal"], "admin", "{bound}");
     let publishes: Vec<&serde_json::Value> = events
         .iter()
         .filter(|e| e["kind"] == "publish_release")
@@ -117,7 +123,7 @@ async fn a_format_0_data_dir_is_read_and_its_audit_chain_verifies_after_a_comman
     cluster.node(1).restart();
     let verified = ctl(&address, &["audit", "verify"]);
     assert_eq!(verified["verified"], true, "{verified}");
-    assert_eq!(verified["events"], FIXTURE_EVENTS + 3, "{verified}");
+    assert_eq!(verified["events"], FIXTURE_EVENTS + 4, "{verified}");
     let events = audit_events(&address);
     assert_eq!(events[0]["format"], 0, "{:?}", events[0]);
     assert_eq!(

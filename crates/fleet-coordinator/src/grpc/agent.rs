@@ -37,7 +37,7 @@ impl AgentService for AgentApi {
     ) -> Reply<GetAssignmentsResponse> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        may_read(&caller, "GetAssignments", &r.cluster)?;
+        may_read(&self.0, &caller, "GetAssignments", &r.cluster)?;
         let response = self
             .0
             .read(Consistency::Linearizable, |s| {
@@ -60,17 +60,18 @@ impl AgentService for AgentApi {
     ) -> Reply<Self::WatchAssignmentsStream> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        may_read(&caller, "WatchAssignments", &r.cluster)?;
+        may_read(&self.0, &caller, "WatchAssignments", &r.cluster)?;
         fleet_core::validate::dns_label("cluster", &r.cluster).map_err(NodeError::from)?;
         // Subscribed before the first read, so a change right after it is not missed.
         let mut changed = self.0.assignments_changed.clone();
         changed.mark_unchanged();
         // The first set, or NOT_FOUND, before the stream opens.
         let first = assignment_set(&self.0, &r.cluster)?;
+        let slot = self.0.watch_streams.open(&caller)?;
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         spawn_named(
             "assignment-watch",
-            serve_watch(self.0.clone(), changed, r.cluster, first, tx),
+            serve_watch(self.0.clone(), changed, r.cluster, first, tx, slot),
         );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -133,9 +134,22 @@ impl AgentService for AgentApi {
     }
 }
 
-/// An agent reads only its own cluster's assignments; operators and coordinators read any
-/// (roles that narrow operators are not built yet).
-fn may_read(caller: &Caller, what: &str, cluster: &str) -> Result<(), NodeError> {
+/// An agent reads only its own cluster's assignments; coordinators read any, operators and
+/// tokens any with a role ([`fleet_core::access::may_read`]).
+fn may_read(
+    coordinator: &Coordinator,
+    caller: &Caller,
+    what: &str,
+    cluster: &str,
+) -> Result<(), NodeError> {
+    match caller {
+        Caller::Authenticated(Principal::Cluster(_)) | Caller::Plaintext => {}
+        other => {
+            let actor = other.actor();
+            let now = now_ms();
+            coordinator.read_state(|s| fleet_core::access::may_read(s, &actor, now))?;
+        }
+    }
     match caller {
         Caller::Authenticated(Principal::Cluster(own)) if own != cluster => {
             Err(NodeError::PermissionDenied {
@@ -157,10 +171,11 @@ fn may_report(caller: &Caller, cluster: &str) -> Result<(), NodeError> {
     match caller {
         Caller::Plaintext => Ok(()),
         Caller::Authenticated(Principal::Cluster(own)) if own == cluster => Ok(()),
-        Caller::Authenticated(other) => Err(NodeError::PermissionDenied {
+        other => Err(NodeError::PermissionDenied {
             message: format!(
                 "ReportStatus: only the agent of cluster {cluster:?} reports its status, and \
-                 {other} is not it; nothing changed"
+                 {} is not it; nothing changed",
+                other.actor()
             ),
             hint: format!(
                 "reports come from the agent that runs in the cluster, with the certificate \
@@ -207,6 +222,8 @@ async fn serve_watch(
     cluster: String,
     first: AssignmentSet,
     tx: tokio::sync::mpsc::Sender<Result<AssignmentSet, Status>>,
+    // Counted against the caller's bound until the stream ends.
+    _slot: crate::watches::WatchSlot,
 ) {
     let mut sent = first.clone();
     if tx.send(Ok(first)).await.is_err() {

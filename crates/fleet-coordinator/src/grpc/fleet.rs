@@ -12,12 +12,13 @@ use crate::convert::{self, consistency, write_result};
 use crate::coordinator::Coordinator;
 use crate::coordinator::now_ms;
 use crate::error::NodeError;
-use crate::grpc::auth::actor;
+use crate::grpc::auth::{actor, may_change_membership, may_read};
 pub use crate::limits::MAX_AUDIT_EVENTS_PER_PAGE;
 use fleet_api::proto::fleet_service_server::{FleetService, FleetServiceServer};
 use fleet_api::proto::*;
 
 use fleet_api::limits::{MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
+use fleet_core::limits::MAX_TOKEN_TTL_MS;
 
 use super::Reply;
 
@@ -54,6 +55,7 @@ impl FleetService for FleetApi {
     }
 
     async fn list_sites(&self, request: Request<ListSitesRequest>) -> Reply<ListSitesResponse> {
+        may_read(&self.0, &request)?;
         let r = request.into_inner();
         let sites = self
             .0
@@ -87,6 +89,7 @@ impl FleetService for FleetApi {
         &self,
         request: Request<ListEnvironmentsRequest>,
     ) -> Reply<ListEnvironmentsResponse> {
+        may_read(&self.0, &request)?;
         let r = request.into_inner();
         let environments = self
             .0
@@ -138,6 +141,7 @@ impl FleetService for FleetApi {
         &self,
         request: Request<ListClustersRequest>,
     ) -> Reply<ListClustersResponse> {
+        may_read(&self.0, &request)?;
         let r = request.into_inner();
         let clusters = self
             .0
@@ -149,6 +153,7 @@ impl FleetService for FleetApi {
     }
 
     async fn get_cluster(&self, request: Request<GetClusterRequest>) -> Reply<GetClusterResponse> {
+        may_read(&self.0, &request)?;
         let r = request.into_inner();
         let response = self
             .0
@@ -198,6 +203,7 @@ impl FleetService for FleetApi {
         &self,
         request: Request<ListWorkloadsRequest>,
     ) -> Reply<ListWorkloadsResponse> {
+        may_read(&self.0, &request)?;
         let r = request.into_inner();
         let workloads = self
             .0
@@ -240,6 +246,7 @@ impl FleetService for FleetApi {
         &self,
         request: Request<ListReleasesRequest>,
     ) -> Reply<ListReleasesResponse> {
+        may_read(&self.0, &request)?;
         let r = request.into_inner();
         let releases = self
             .0
@@ -256,6 +263,7 @@ impl FleetService for FleetApi {
         &self,
         request: Request<GetClusterHistoryRequest>,
     ) -> Reply<GetClusterHistoryResponse> {
+        may_read(&self.0, &request)?;
         let r = request.into_inner();
         let at = if r.at_ms == 0 { now_ms() } else { r.at_ms };
         let reply = self
@@ -278,6 +286,7 @@ impl FleetService for FleetApi {
     }
 
     async fn get_status(&self, request: Request<GetStatusRequest>) -> Reply<GetStatusResponse> {
+        may_read(&self.0, &request)?;
         let r = request.into_inner();
         let rows = self
             .0
@@ -308,8 +317,9 @@ impl FleetService for FleetApi {
 
     async fn get_coordinator_status(
         &self,
-        _request: Request<GetCoordinatorStatusRequest>,
+        request: Request<GetCoordinatorStatusRequest>,
     ) -> Reply<GetCoordinatorStatusResponse> {
+        may_read(&self.0, &request)?;
         let m = self.0.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
@@ -344,6 +354,7 @@ impl FleetService for FleetApi {
         &self,
         request: Request<ListAuditEventsRequest>,
     ) -> Reply<ListAuditEventsResponse> {
+        may_read(&self.0, &request)?;
         let r = request.into_inner();
         let max = match r.max_events {
             0 => MAX_AUDIT_EVENTS_PER_PAGE,
@@ -397,6 +408,8 @@ impl FleetService for FleetApi {
         &self,
         request: Request<AddCoordinatorRequest>,
     ) -> Reply<AddCoordinatorResponse> {
+        let joining = Some(request.get_ref().id);
+        may_change_membership(&self.0, &request, "add_coordinator", joining)?;
         let r = request.into_inner();
         let catch_up = match r.catch_up_timeout_ms {
             0 => crate::coordinator::DEFAULT_CATCH_UP_TIMEOUT,
@@ -423,9 +436,120 @@ impl FleetService for FleetApi {
         &self,
         request: Request<RemoveCoordinatorRequest>,
     ) -> Reply<RemoveCoordinatorResponse> {
+        may_change_membership(&self.0, &request, "remove_coordinator", None)?;
         let r = request.into_inner();
         let index = self.0.remove_coordinator(r.id, r.force).await?;
         Ok(Response::new(RemoveCoordinatorResponse {
+            result: write_result(index),
+        }))
+    }
+
+    async fn bind_role(&self, request: Request<BindRoleRequest>) -> Reply<BindRoleResponse> {
+        let actor = actor(&request)?;
+        let r = request.into_inner();
+        let command = Command::BindRole {
+            principal: r.principal,
+            role: r.role,
+            environments: r.environments,
+            workloads: r.workloads,
+        };
+        let (index, _) = self.write(command, actor, r.reason).await?;
+        Ok(Response::new(BindRoleResponse {
+            result: write_result(index),
+        }))
+    }
+
+    async fn unbind_role(&self, request: Request<UnbindRoleRequest>) -> Reply<UnbindRoleResponse> {
+        let actor = actor(&request)?;
+        let r = request.into_inner();
+        let command = Command::UnbindRole {
+            principal: r.principal,
+            role: r.role,
+        };
+        let (index, _) = self.write(command, actor, r.reason).await?;
+        Ok(Response::new(UnbindRoleResponse {
+            result: write_result(index),
+        }))
+    }
+
+    async fn list_role_bindings(
+        &self,
+        request: Request<ListRoleBindingsRequest>,
+    ) -> Reply<ListRoleBindingsResponse> {
+        may_read(&self.0, &request)?;
+        let r = request.into_inner();
+        let bindings = self
+            .0
+            .read(consistency(r.consistency), |s| {
+                s.role_bindings()
+                    .map(|(principal, grants)| convert::role_binding(principal, grants))
+                    .collect()
+            })
+            .await?;
+        Ok(Response::new(ListRoleBindingsResponse { bindings }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Reply<CreateTokenResponse> {
+        let actor = actor(&request)?;
+        let r = request.into_inner();
+        if r.ttl_ms == 0 || r.ttl_ms > MAX_TOKEN_TTL_MS {
+            return Err(NodeError::InvalidArgument {
+                field: "ttl_ms",
+                message: format!("{} ms is not 1 to {MAX_TOKEN_TTL_MS} ms", r.ttl_ms),
+                hint: "give a lifetime of at most 366 days, e.g. --ttl 90d".into(),
+            }
+            .into());
+        }
+        fleet_core::principal::operator_name("name", &r.name).map_err(NodeError::from)?;
+        let (token, secret_sha256) =
+            fleet_identity::pki::new_bearer_token(&r.name).map_err(|e| {
+                NodeError::FailedPrecondition {
+                    message: e.to_string(),
+                    hint: "see the node's log".into(),
+                }
+            })?;
+        let expires_at_ms = now_ms().saturating_add(r.ttl_ms);
+        let command = Command::CreateToken {
+            name: r.name,
+            secret_sha256,
+            role: r.role,
+            environments: r.environments,
+            workloads: r.workloads,
+            expires_at_ms,
+        };
+        let (index, _) = self.write(command, actor, r.reason).await?;
+        Ok(Response::new(CreateTokenResponse {
+            result: write_result(index),
+            token,
+            expires_at_ms,
+        }))
+    }
+
+    async fn list_tokens(&self, request: Request<ListTokensRequest>) -> Reply<ListTokensResponse> {
+        may_read(&self.0, &request)?;
+        let r = request.into_inner();
+        let tokens = self
+            .0
+            .read(consistency(r.consistency), |s| {
+                s.tokens().map(convert::token_info).collect()
+            })
+            .await?;
+        Ok(Response::new(ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Reply<RevokeTokenResponse> {
+        let actor = actor(&request)?;
+        let r = request.into_inner();
+        let (index, _) = self
+            .write(Command::RevokeToken { name: r.name }, actor, r.reason)
+            .await?;
+        Ok(Response::new(RevokeTokenResponse {
             result: write_result(index),
         }))
     }

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use crate::convert::{self, consistency, write_result};
 use crate::coordinator::{Coordinator, now_ms};
 use crate::error::NodeError;
-use crate::grpc::auth::actor;
+use crate::grpc::auth::{actor, may_read};
 use fleet_api::limits::{MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
 use fleet_api::proto::promotion_service_server::{PromotionService, PromotionServiceServer};
 use fleet_api::proto::*;
@@ -84,6 +84,7 @@ impl PromotionService for PromotionApi {
         &self,
         request: Request<GetPipelineRequest>,
     ) -> Reply<GetPipelineResponse> {
+        may_read(&self.0, &request)?;
         let r = request.into_inner();
         let reply = self
             .0
@@ -140,6 +141,7 @@ impl PromotionService for PromotionApi {
     }
 
     async fn plan(&self, request: Request<PlanRequest>) -> Reply<PlanResponse> {
+        may_read(&self.0, &request)?;
         let r = request.into_inner();
         let revision = optional(r.revision);
         let plan = self
@@ -154,6 +156,7 @@ impl PromotionService for PromotionApi {
     }
 
     async fn get_rollout(&self, request: Request<GetRolloutRequest>) -> Reply<RolloutResponse> {
+        may_read(&self.0, &request)?;
         let r = request.into_inner();
         self.0.read_barrier(consistency(r.consistency)).await?;
         Ok(Response::new(RolloutResponse {
@@ -252,6 +255,7 @@ impl PromotionService for PromotionApi {
         &self,
         request: Request<ListFreezesRequest>,
     ) -> Reply<ListFreezesResponse> {
+        may_read(&self.0, &request)?;
         let r = request.into_inner();
         let freezes = self
             .0

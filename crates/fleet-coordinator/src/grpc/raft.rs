@@ -103,9 +103,10 @@ impl RaftApi {
                 ))),
                 _ => Ok(()),
             },
-            Caller::Authenticated(other) => Err(refuse(format!(
-                "{what}: RaftService serves coordinators only, and {other} is not one; nothing \
-                 changed"
+            other => Err(refuse(format!(
+                "{what}: RaftService serves coordinators only, and {} is not one; nothing \
+                 changed",
+                other.actor()
             ))),
         }
     }
