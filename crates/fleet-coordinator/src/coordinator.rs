@@ -66,7 +66,8 @@ pub struct Coordinator {
     pub health: Arc<DiskHealth>,
     /// `RaftService.SetFailpoint` is served (tests and chaos runs only).
     pub allow_failpoint_rpc: bool,
-    /// Changes whenever some cluster's assignments may have changed in the applied state.
+    /// Changes whenever some cluster's assignments, or who may watch them, may have changed in
+    /// the applied state.
     pub assignments_changed: tokio::sync::watch::Receiver<u64>,
     /// Agents' heartbeats that did not need a commit.
     pub heartbeats: crate::heartbeat::Heartbeats,

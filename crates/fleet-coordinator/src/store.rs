@@ -440,7 +440,8 @@ impl StateMachineStore {
         self.data.clone()
     }
 
-    /// A receiver that changes whenever some cluster's assignments may have changed.
+    /// A receiver that changes whenever some cluster's assignments may have changed, or who may
+    /// watch them (a token revoked, a role bound or unbound).
     pub fn watch_assignments(&self) -> tokio::sync::watch::Receiver<u64> {
         self.assignments_changed.subscribe()
     }
@@ -533,9 +534,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     Vec::new()
                 }
             };
-            removed |= result
-                .iter()
-                .any(|r| matches!(r, Ok(Outcome::ClusterRemoved { .. })));
+            // A removed cluster ends its watch streams; a revoked token or a changed role may
+            // end others (`grpc::agent::still_may_watch`).
+            removed |= result.iter().any(|r| {
+                matches!(
+                    r,
+                    Ok(Outcome::ClusterRemoved { .. }
+                        | Outcome::TokenRevoked { .. }
+                        | Outcome::RoleUnbound { .. }
+                        | Outcome::RoleBound { .. })
+                )
+            });
             results.push(ApplyResult(result));
         }
         #[cfg(feature = "failpoints")]

@@ -79,45 +79,39 @@ async fn fleet() -> (ProcessCluster, String) {
     (cluster, ep)
 }
 
-/// stg-1's agent (its own certificate) reports `revision` of web Synced and Healthy.
-async fn staging_runs(address: &str, revision: &str) {
+/// A report that web runs `revision` Synced and Healthy on cluster `cluster`, signed with the
+/// certificate of cluster `signer` (its agent's own, or another's: a forgery).
+async fn report_healthy(
+    address: &str,
+    signer: &str,
+    cluster: &str,
+    revision: &str,
+) -> Result<(), tonic::Status> {
     use fleet_api::proto::{HealthState, ReportStatusRequest, StatusReport, SyncState};
     let cert = fleet_testkit::pki().issue(
-        &fleet_core::Principal::Cluster("stg-1".into()),
+        &fleet_core::Principal::Cluster(signer.into()),
         &[],
-        "cluster-stg-1",
+        &format!("cluster-{signer}"),
     );
     let channel = fleet_testkit::channel_as(address, &fleet_testkit::pki().transport_as(&cert))
         .await
         .unwrap();
     let mut agent = fleet_api::proto::agent_service_client::AgentServiceClient::new(channel);
-    let assigned = agent
-        .get_assignments(fleet_api::proto::GetAssignmentsRequest {
-            cluster: "stg-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let version = assigned
-        .assignments
-        .iter()
-        .find(|a| a.workload == "web")
-        .map_or(0, |a| a.version);
     agent
         .report_status(ReportStatusRequest {
-            cluster: "stg-1".into(),
+            cluster: cluster.into(),
             reports: vec![StatusReport {
                 workload: "web".into(),
                 applied_revision: revision.into(),
                 desired_revision: revision.into(),
-                assignment_version: version,
+                assignment_version: 1,
                 sync: SyncState::Synced as i32,
                 health: HealthState::Healthy as i32,
                 ..Default::default()
             }],
         })
         .await
-        .unwrap();
+        .map(|_| ())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,8 +144,25 @@ async fn a_promoter_for_staging_only_is_denied_production_until_it_is_bound_ther
         ],
     );
     ok_json_as(&kari, &ep, &["release", "publish", "web", A]);
-    staging_runs(&cluster.address(1), A).await;
     let promote = ["promote", "web", "--to", "production", "--revision", A];
+
+    // A Healthy report for stg-1 signed with prod-1's certificate is refused and moves no gate.
+    let forged = report_healthy(&cluster.address(1), "prod-1", "stg-1", A)
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), tonic::Code::PermissionDenied, "{forged:?}");
+    let out = ctl(&ep, &promote);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stg-1: no report yet"),
+        "{}",
+        stderr(&out)
+    );
+
+    // stg-1's own agent reports it.
+    report_healthy(&cluster.address(1), "stg-1", "stg-1", A)
+        .await
+        .unwrap();
     let out = ctl_as(&kari, &ep, &promote);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     let shown = stderr(&out);
@@ -202,9 +213,16 @@ async fn a_promoter_for_staging_only_is_denied_production_until_it_is_bound_ther
         "{roles}"
     );
 
-    // kari may not hand out roles, and the last admin stays.
+    // kari may not hand out roles or change the coordinators, and the last admin stays.
     let out = ctl_as(&kari, &ep, &["role", "bind", "kari", "admin"]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let out = ctl_as(&kari, &ep, &["coordinator", "remove", "--id", "1"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kari may not remove_coordinator: that needs role admin"),
+        "{}",
+        stderr(&out)
+    );
     let out = ctl(&ep, &["role", "unbind", "admin", "admin"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("last admin"), "{}", stderr(&out));
@@ -268,7 +286,35 @@ async fn a_publisher_token_publishes_its_workload_only_and_is_unauthenticated_on
         "no secrets in the list"
     );
 
+    // A watch stream the token holds open ends when it is revoked.
+    let tls_without_cert = fleet_identity::Transport::tls(
+        &fleet_identity::Trust::load(&fleet_testkit::pki().ca_path(), None).unwrap(),
+        None,
+    )
+    .unwrap();
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    let mut agent = fleet_api::proto::agent_service_client::AgentServiceClient::new(
+        fleet_testkit::channel_as(&ep, &tls_without_cert)
+            .await
+            .unwrap(),
+    );
+    let mut request = tonic::Request::new(fleet_api::proto::WatchAssignmentsRequest {
+        cluster: "prod-1".into(),
+        since_version: 0,
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.clone());
+    let mut stream = agent.watch_assignments(request).await.unwrap().into_inner();
+    stream.message().await.unwrap().expect("the first set");
+
     ok_json(&ep, &["token", "revoke", "ci-web"]);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .expect("the stream ends within 10 s of the revocation")
+        .unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("revoked"), "{ended:?}");
     let out = ctl_with_token(&token, &ep, &["release", "publish", "web", B]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(
@@ -277,21 +323,12 @@ async fn a_publisher_token_publishes_its_workload_only_and_is_unauthenticated_on
         stderr(&out)
     );
     // The same refusal on the wire is UNAUTHENTICATED, on every service.
-    let channel = fleet_testkit::channel_as(
-        &ep,
-        &fleet_identity::Transport::tls(
-            &fleet_identity::Trust::load(&fleet_testkit::pki().ca_path(), None).unwrap(),
-            None,
-        )
-        .unwrap(),
-    )
-    .await
-    .unwrap();
+    let channel = fleet_testkit::channel_as(&ep, &tls_without_cert)
+        .await
+        .unwrap();
     let mut client = fleet_api::proto::fleet_service_client::FleetServiceClient::new(channel);
     let mut request = tonic::Request::new(fleet_api::proto::ListSitesRequest::default());
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request.metadata_mut().insert("authorization", bearer);
     let status = client.list_sites(request).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
 
@@ -303,4 +340,64 @@ async fn a_publisher_token_publishes_its_workload_only_and_is_unauthenticated_on
         "{}",
         stderr(&out)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bootstrap_admin_is_the_operator_bootstrap_admin_names() {
+    let cluster = ProcessCluster::start(
+        1,
+        &["--bootstrap-admin", "spiffe://fleet.local/operator/kari"],
+    )
+    .await;
+    let ep = cluster.endpoints();
+    let kari = operator("kari");
+    ok_json_as(&kari, &ep, &["site", "add", "oslo"]);
+    let out = ctl(&ep, &["site", "list"]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "admin holds no role here: {}",
+        stderr(&out)
+    );
+    let roles = ok_json_as(&kari, &ep, &["role", "list"]);
+    assert_eq!(roles["bindings"].as_array().unwrap().len(), 1, "{roles}");
+    assert_eq!(roles["bindings"][0]["principal"], "kari", "{roles}");
+
+    // Only an operator can be the first admin.
+    let dir = tempfile::tempdir().unwrap();
+    let node = pki_files_for_a_node();
+    let out = Command::new(fleet_testkit::fleet_node_binary())
+        .args([
+            "coordinator",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .args(["--tls-ca", &node.ca.display().to_string()])
+        .args(["--tls-cert", &node.cert.display().to_string()])
+        .args(["--tls-key", &node.key.display().to_string()])
+        .args([
+            "--bootstrap",
+            "--bootstrap-admin",
+            "spiffe://fleet.local/cluster/c1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--bootstrap-admin") && stderr(&out).contains("not an operator"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn pki_files_for_a_node() -> fleet_identity::TlsFiles {
+    fleet_testkit::pki().issue(
+        &fleet_core::Principal::Coordinator(1),
+        &["127.0.0.1".into()],
+        "coordinator-1-bootstrap-admin",
+    )
 }

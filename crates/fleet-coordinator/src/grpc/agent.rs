@@ -71,7 +71,7 @@ impl AgentService for AgentApi {
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         spawn_named(
             "assignment-watch",
-            serve_watch(self.0.clone(), changed, r.cluster, first, tx, slot),
+            serve_watch(self.0.clone(), changed, caller, r.cluster, first, tx, slot),
         );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -164,6 +164,33 @@ fn may_read(
     }
 }
 
+/// Whether the caller of an open watch stream may still read, after a change that may have
+/// taken that away (a token revoked or expired, a role unbound): the stream ends with
+/// UNAUTHENTICATED or PERMISSION_DENIED when not.
+fn still_may_watch(c: &Coordinator, caller: &Caller) -> Result<(), Status> {
+    let now = now_ms();
+    match caller {
+        Caller::Token(name) => {
+            let valid = c.read_state(|s| s.token(name).is_some_and(|t| now < t.expires_at_ms));
+            if valid {
+                Ok(())
+            } else {
+                Err(fleet_api::status::with_hint(
+                    tonic::Code::Unauthenticated,
+                    format!("bearer token {name} was revoked or has expired; the stream ends"),
+                    "ask an admin for a new one (`fleet-ctl token create`)",
+                ))
+            }
+        }
+        Caller::Authenticated(Principal::Operator(_)) => {
+            let actor = caller.actor();
+            c.read_state(|s| fleet_core::access::may_read(s, &actor, now))
+                .map_err(|e| NodeError::from(e).into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Status reports move gates and trigger rollbacks: only the agent of `cluster` itself (its
 /// certificate's `spiffe://TD/cluster/NAME`) may send them, not an operator, not another
 /// cluster's agent, not a coordinator.
@@ -219,6 +246,7 @@ fn assignment_set(c: &Coordinator, cluster: &str) -> Result<AssignmentSet, Statu
 async fn serve_watch(
     c: Arc<Coordinator>,
     mut changed: tokio::sync::watch::Receiver<u64>,
+    caller: Caller,
     cluster: String,
     first: AssignmentSet,
     tx: tokio::sync::mpsc::Sender<Result<AssignmentSet, Status>>,
@@ -233,6 +261,10 @@ async fn serve_watch(
         tokio::select! {
             result = changed.changed() => if result.is_err() { return },
             () = tx.closed() => return,
+        }
+        if let Err(status) = still_may_watch(&c, &caller) {
+            let _ = tx.send(Err(status)).await;
+            return;
         }
         match assignment_set(&c, &cluster) {
             Ok(set) if set != sent => {
