@@ -541,6 +541,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     r,
                     Ok(Outcome::ClusterRemoved { .. }
                         | Outcome::TokenRevoked { .. }
+                        | Outcome::ClusterCertificatesRevoked { .. }
                         | Outcome::RoleUnbound { .. }
                         | Outcome::RoleBound { .. })
                 )

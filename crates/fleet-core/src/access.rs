@@ -165,6 +165,11 @@ pub enum Actor<'a> {
     Unauthenticated,
 }
 
+/// How long before it is issued the built-in CA makes a certificate valid (for clocks a little
+/// behind). A revocation ([`Command::RevokeClusterCertificates`]) takes a certificate as issued
+/// this long after its notBefore.
+pub const CERTIFICATE_BACKDATE_MS: u64 = 300_000;
+
 /// The actor of the planner's steps.
 pub const PLANNER_ACTOR: &str = "planner";
 /// The actor of every caller of a node without TLS (`--insecure-plaintext`).
@@ -251,11 +256,13 @@ pub fn needs(state: &State, command: &Command) -> Vec<Need> {
         Command::RegisterCluster { environment, .. } => {
             vec![role(Role::Operator, Some(environment), None)]
         }
-        Command::RemoveCluster { name } => vec![role(
-            Role::Operator,
-            state.cluster(name).ok().map(|c| &c.environment),
-            None,
-        )],
+        Command::RemoveCluster { name } | Command::RevokeClusterCertificates { cluster: name } => {
+            vec![role(
+                Role::Operator,
+                state.cluster(name).ok().map(|c| &c.environment),
+                None,
+            )]
+        }
         Command::CreateWorkload { name, .. } => vec![role(Role::Operator, None, Some(name))],
         Command::SetPipeline { workload, .. } => vec![role(Role::Operator, None, Some(workload))],
         Command::PauseRollout {
@@ -461,6 +468,24 @@ impl State {
         self.tokens.values()
     }
 
+    /// When the certificates of `cluster` were revoked, if a certificate valid from
+    /// `not_before_ms` is one of them: issued ([`CERTIFICATE_BACKDATE_MS`] after its notBefore)
+    /// in a second before the revocation's (X.509 times count whole seconds, RFC 5280 section
+    /// 4.1.2.5). Certificates issued later, from the revocation's second on, are the cluster's
+    /// new ones.
+    pub fn cluster_certificate_revoked(
+        &self,
+        cluster: &str,
+        not_before_ms: TimeMs,
+    ) -> Option<TimeMs> {
+        self.revoked_certificates
+            .get(cluster)
+            .copied()
+            .filter(|revoked_at| {
+                not_before_ms.saturating_add(CERTIFICATE_BACKDATE_MS) / 1000 < revoked_at / 1000
+            })
+    }
+
     /// Token `name`, if it is not revoked.
     pub fn token(&self, name: &str) -> Option<&Token> {
         self.tokens.get(name)
@@ -517,6 +542,7 @@ impl State {
                 }
                 Ok(())
             }
+            Command::RevokeClusterCertificates { cluster } => self.cluster(cluster).map(|_| ()),
             Command::RevokeToken { name } => {
                 if !self.tokens.contains_key(name) {
                     return Err(CoreError::not_found(
@@ -604,6 +630,20 @@ impl State {
                         expires_at_ms: *expires_at_ms,
                     },
                     summary,
+                )
+            }
+            Command::RevokeClusterCertificates { cluster } => {
+                self.revoked_certificates
+                    .insert(cluster.clone(), ctx.now_ms);
+                (
+                    Outcome::ClusterCertificatesRevoked {
+                        cluster: cluster.clone(),
+                        revoked_at_ms: ctx.now_ms,
+                    },
+                    format!(
+                        "certificates of cluster {cluster} issued until {} revoked",
+                        crate::promotion::time(ctx.now_ms)
+                    ),
                 )
             }
             Command::RevokeToken { name } => {

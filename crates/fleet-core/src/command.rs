@@ -160,11 +160,16 @@ pub enum Command {
     RevokeToken {
         name: String,
     },
+    /// Revokes every certificate of `cluster`'s agent issued until now
+    /// ([`crate::State::cluster_certificate_revoked`]); certificates issued later are accepted.
+    RevokeClusterCertificates {
+        cluster: String,
+    },
 }
 
 impl Command {
     /// Every [`Command::kind`], in declaration order: what `audit --kind` accepts.
-    pub const KINDS: [&'static str; 23] = [
+    pub const KINDS: [&'static str; 24] = [
         "add_site",
         "add_environment",
         "register_cluster",
@@ -188,6 +193,7 @@ impl Command {
         "unbind_role",
         "create_token",
         "revoke_token",
+        "revoke_cluster_certificates",
     ];
 
     /// A short name for logs and the audit log, e.g. `register_cluster`; the same as the
@@ -217,6 +223,7 @@ impl Command {
             Command::UnbindRole { .. } => "unbind_role",
             Command::CreateToken { .. } => "create_token",
             Command::RevokeToken { .. } => "revoke_token",
+            Command::RevokeClusterCertificates { .. } => "revoke_cluster_certificates",
         }
     }
 
@@ -384,6 +391,10 @@ pub enum Outcome {
     },
     TokenRevoked {
         name: String,
+    },
+    ClusterCertificatesRevoked {
+        cluster: String,
+        revoked_at_ms: TimeMs,
     },
 }
 

@@ -69,6 +69,9 @@ pub struct State {
     /// Bearer tokens that are not revoked, by name (expired ones stay until revoked).
     #[serde(default)]
     pub(crate) tokens: BTreeMap<String, crate::access::Token>,
+    /// When each cluster's agent certificates were last revoked, by cluster.
+    #[serde(default)]
+    pub(crate) revoked_certificates: BTreeMap<String, crate::model::TimeMs>,
     /// The latest command time applied (`Context::now_ms`), status reports included: the floor
     /// for the next time a leader stamps, so committed time never goes backwards when
     /// leadership moves to a node whose clock is behind. 0 in snapshots from before it.
@@ -131,6 +134,7 @@ impl Default for State {
             assignment_log: BTreeMap::new(),
             role_bindings: BTreeMap::new(),
             tokens: BTreeMap::new(),
+            revoked_certificates: BTreeMap::new(),
             last_time_ms: 0,
         }
     }
@@ -251,7 +255,8 @@ impl State {
             Command::BindRole { .. }
             | Command::UnbindRole { .. }
             | Command::CreateToken { .. }
-            | Command::RevokeToken { .. } => self.check_access(command),
+            | Command::RevokeToken { .. }
+            | Command::RevokeClusterCertificates { .. } => self.check_access(command),
             _ => self.check_promotion(command, ctx, format),
         }
     }
@@ -580,7 +585,8 @@ impl State {
             Command::BindRole { .. }
             | Command::UnbindRole { .. }
             | Command::CreateToken { .. }
-            | Command::RevokeToken { .. } => self.apply_access(command, ctx),
+            | Command::RevokeToken { .. }
+            | Command::RevokeClusterCertificates { .. } => self.apply_access(command, ctx),
             _ => self.apply_promotion(command, ctx, event_format),
         };
         debug_assert!(command.is_audited());

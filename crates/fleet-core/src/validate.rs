@@ -234,6 +234,7 @@ pub fn command_in(
             scope(environments, workloads)
         }
         Command::RevokeToken { name } => crate::principal::operator_name("name", name),
+        Command::RevokeClusterCertificates { cluster } => dns_label("cluster", cluster),
     }
 }
 

@@ -300,3 +300,46 @@ fn entries_from_before_roles_replay_without_authorization_and_plaintext_callers_
         .expect("a plaintext node's caller");
     state.verify_audit().unwrap();
 }
+
+#[test]
+fn a_revocation_refuses_the_certificates_issued_in_earlier_seconds_and_accepts_later_ones() {
+    let mut f = Fleet::new();
+    f.now = 1_800_000_000_500;
+    f.ok(
+        "root",
+        Command::RevokeClusterCertificates {
+            cluster: "prod-1".into(),
+        },
+    );
+    let backdate = fleet_core::access::CERTIFICATE_BACKDATE_MS;
+    // notBefore as the built-in CA writes it: whole seconds, backdated.
+    let issued_at = |second: u64| second * 1000 - backdate;
+    assert_eq!(
+        f.state
+            .cluster_certificate_revoked("prod-1", issued_at(1_799_999_999)),
+        Some(f.now)
+    );
+    assert_eq!(
+        f.state
+            .cluster_certificate_revoked("prod-1", issued_at(1_800_000_000)),
+        None,
+        "issued in the revocation's second: a new one"
+    );
+    assert_eq!(
+        f.state
+            .cluster_certificate_revoked("stg-1", issued_at(1_000)),
+        None
+    );
+    // An operator of the cluster's environment may revoke; one of another may not.
+    f.ok("root", bind("ola", "operator", &["staging"], &[]));
+    let message = f.denied(
+        "ola",
+        Command::RevokeClusterCertificates {
+            cluster: "prod-1".into(),
+        },
+    );
+    assert!(
+        message.contains("needs role operator for environment production"),
+        "{message}"
+    );
+}

@@ -214,8 +214,17 @@ enum EnvironmentCmd {
 enum ClusterCmd {
     Register(RegisterArgs),
     List,
-    Describe { name: String },
-    Remove { name: String },
+    Describe {
+        name: String,
+    },
+    Remove {
+        name: String,
+    },
+    /// Revoke every certificate of NAME's agent issued until now (a lost or stolen one): every
+    /// coordinator refuses them and ends their open streams. Issue the agent a new one.
+    RevokeCert {
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -645,6 +654,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await?;
             written(json, "cluster removed", r.result)
+        }
+        Cmd::Cluster(ClusterCmd::RevokeCert { name }) => {
+            let r = client
+                .fleet(|mut f, req: Req| {
+                    let request = req.wrap(RevokeClusterCertificatesRequest {
+                        cluster: name.clone(),
+                        reason: reason.clone(),
+                    });
+                    async move { f.revoke_cluster_certificates(request).await }
+                })
+                .await?;
+            written(
+                json,
+                &format!("certificates of cluster {name} issued until now revoked"),
+                r.result,
+            )
         }
         Cmd::Workload(WorkloadCmd::Create { name, repo, path }) => {
             let r = client

@@ -401,3 +401,84 @@ fn pki_files_for_a_node() -> fleet_identity::TlsFiles {
         "coordinator-1-bootstrap-admin",
     )
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_agent_certificate_is_refused_and_its_open_stream_ends_and_a_new_one_is_accepted()
+{
+    use fleet_api::proto::agent_service_client::AgentServiceClient;
+    use fleet_api::proto::{GetAssignmentsRequest, WatchAssignmentsRequest};
+    let (cluster, ep) = fleet().await;
+    let address = cluster.address(1);
+    let pki = fleet_testkit::pki();
+    let as_agent = |name: &str| {
+        pki.issue(
+            &fleet_core::Principal::Cluster("prod-1".into()),
+            &[],
+            &format!("cluster-prod-1-{name}"),
+        )
+    };
+    let old = as_agent("lost");
+    let mut agent = AgentServiceClient::new(
+        fleet_testkit::channel_as(&address, &pki.transport_as(&old))
+            .await
+            .unwrap(),
+    );
+    let mut stream = agent
+        .watch_assignments(WatchAssignmentsRequest {
+            cluster: "prod-1".into(),
+            since_version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().expect("the first set");
+
+    // Certificates count whole seconds: the revocation falls in a later second than the issue.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    ok_json(
+        &ep,
+        &[
+            "cluster",
+            "revoke-cert",
+            "prod-1",
+            "--reason",
+            "laptop lost",
+        ],
+    );
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .expect("the stream ends within 10 s of the revocation")
+        .unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("revoked"), "{ended:?}");
+    // Every later call with it, on a new connection too.
+    let mut again = AgentServiceClient::new(
+        fleet_testkit::channel_as(&address, &pki.transport_as(&old))
+            .await
+            .unwrap(),
+    );
+    let refused = again
+        .get_assignments(GetAssignmentsRequest {
+            cluster: "prod-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    // A certificate issued after the revocation is the agent's new one.
+    let new = as_agent("new");
+    let mut renewed = AgentServiceClient::new(
+        fleet_testkit::channel_as(&address, &pki.transport_as(&new))
+            .await
+            .unwrap(),
+    );
+    renewed
+        .get_assignments(GetAssignmentsRequest {
+            cluster: "prod-1".into(),
+        })
+        .await
+        .unwrap();
+    let audit = ok_json(&ep, &["audit", "--kind", "revoke_cluster_certificates"]);
+    assert_eq!(audit["events"][0]["actor"], "admin", "{audit}");
+    assert_eq!(audit["events"][0]["reason"], "laptop lost", "{audit}");
+}

@@ -27,7 +27,7 @@ pub const OPERATOR_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Default lifetime of an agent's certificate: 30 days.
 pub const CLUSTER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Certificates are valid from this long before they are issued, for clocks a little behind.
-pub const BACKDATE: Duration = Duration::from_secs(300);
+pub const BACKDATE: Duration = Duration::from_millis(fleet_core::access::CERTIFICATE_BACKDATE_MS);
 
 /// The CA: its certificate, its key and the trust domain it issues for.
 pub struct Ca {

@@ -256,6 +256,16 @@ impl Authenticator {
         &self,
         chain: &[CertificateDer<'static>],
     ) -> Result<Principal, Unauthenticated> {
+        self.authenticate_issued(chain)
+            .map(|(principal, _)| principal)
+    }
+
+    /// [`Authenticator::authenticate`], and the end-entity certificate's notBefore (Unix
+    /// seconds), by which a revocation (`fleet_core::access`) tells old certificates from new.
+    pub fn authenticate_issued(
+        &self,
+        chain: &[CertificateDer<'static>],
+    ) -> Result<(Principal, i64), Unauthenticated> {
         let Some((end_entity, intermediates)) = chain.split_first() else {
             return Err(Unauthenticated {
                 message: "no client certificate".into(),
@@ -269,7 +279,7 @@ impl Authenticator {
         if let Some(known) = self.accepted.lock().expect("lock").get(&key)
             && (known.not_before_s..=known.not_after_s).contains(&now_s)
         {
-            return Ok(known.principal.clone());
+            return Ok((known.principal.clone(), known.not_before_s));
         }
         let reissue = "get a new certificate from the fleet's CA (fleet-ctl pki issue ...)";
         self.verifier
@@ -304,22 +314,28 @@ impl Authenticator {
                 message,
                 hint: reissue.into(),
             })?;
-        if let Ok((_, parsed)) = x509_parser::parse_x509_certificate(end_entity.as_ref()) {
-            let validity = parsed.validity();
-            let mut accepted = self.accepted.lock().expect("lock");
-            if accepted.len() >= MAX_REMEMBERED_CHAINS {
-                accepted.clear();
-            }
-            accepted.insert(
-                key,
-                Accepted {
-                    principal: principal.clone(),
-                    not_before_s: validity.not_before.timestamp(),
-                    not_after_s: validity.not_after.timestamp(),
-                },
-            );
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(end_entity.as_ref()).map_err(|e| {
+                Unauthenticated {
+                    message: format!("the client certificate cannot be read: {e}"),
+                    hint: reissue.into(),
+                }
+            })?;
+        let validity = parsed.validity();
+        let not_before_s = validity.not_before.timestamp();
+        let mut accepted = self.accepted.lock().expect("lock");
+        if accepted.len() >= MAX_REMEMBERED_CHAINS {
+            accepted.clear();
         }
-        Ok(principal)
+        accepted.insert(
+            key,
+            Accepted {
+                principal: principal.clone(),
+                not_before_s,
+                not_after_s: validity.not_after.timestamp(),
+            },
+        );
+        Ok((principal, not_before_s))
     }
 }
 

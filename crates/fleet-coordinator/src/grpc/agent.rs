@@ -9,7 +9,7 @@ use crate::convert::{self};
 use crate::coordinator::now_ms;
 use crate::coordinator::{Consistency, Coordinator};
 use crate::error::NodeError;
-use crate::grpc::auth::{Caller, caller};
+use crate::grpc::auth::{Caller, CertificateIssued, caller, revoked_certificate};
 use fleet_api::proto::agent_service_server::{AgentService, AgentServiceServer};
 use fleet_api::proto::*;
 use fleet_api::tasks::spawn_named;
@@ -59,6 +59,10 @@ impl AgentService for AgentApi {
         request: Request<WatchAssignmentsRequest>,
     ) -> Reply<Self::WatchAssignmentsStream> {
         let caller = caller(&request)?;
+        let not_before_ms = request
+            .extensions()
+            .get::<CertificateIssued>()
+            .map_or(0, |c| c.not_before_ms);
         let r = request.into_inner();
         may_read(&self.0, &caller, "WatchAssignments", &r.cluster)?;
         fleet_core::validate::dns_label("cluster", &r.cluster).map_err(NodeError::from)?;
@@ -71,7 +75,15 @@ impl AgentService for AgentApi {
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         spawn_named(
             "assignment-watch",
-            serve_watch(self.0.clone(), changed, caller, r.cluster, first, tx, slot),
+            serve_watch(
+                self.0.clone(),
+                changed,
+                (caller, not_before_ms),
+                r.cluster,
+                first,
+                tx,
+                slot,
+            ),
         );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -165,11 +177,17 @@ fn may_read(
 }
 
 /// Whether the caller of an open watch stream may still read, after a change that may have
-/// taken that away (a token revoked or expired, a role unbound): the stream ends with
-/// UNAUTHENTICATED or PERMISSION_DENIED when not.
-fn still_may_watch(c: &Coordinator, caller: &Caller) -> Result<(), Status> {
+/// taken that away (a token revoked or expired, a role unbound, the agent's certificate
+/// revoked): the stream ends with UNAUTHENTICATED or PERMISSION_DENIED when not.
+fn still_may_watch(c: &Coordinator, caller: &Caller, not_before_ms: u64) -> Result<(), Status> {
     let now = now_ms();
     match caller {
+        Caller::Authenticated(Principal::Cluster(cluster)) => {
+            match c.read_state(|s| s.cluster_certificate_revoked(cluster, not_before_ms)) {
+                Some(revoked_at_ms) => Err(revoked_certificate(cluster, revoked_at_ms)),
+                None => Ok(()),
+            }
+        }
         Caller::Token(name) => {
             let valid = c.read_state(|s| s.token(name).is_some_and(|t| now < t.expires_at_ms));
             if valid {
@@ -246,7 +264,7 @@ fn assignment_set(c: &Coordinator, cluster: &str) -> Result<AssignmentSet, Statu
 async fn serve_watch(
     c: Arc<Coordinator>,
     mut changed: tokio::sync::watch::Receiver<u64>,
-    caller: Caller,
+    (caller, not_before_ms): (Caller, u64),
     cluster: String,
     first: AssignmentSet,
     tx: tokio::sync::mpsc::Sender<Result<AssignmentSet, Status>>,
@@ -262,7 +280,7 @@ async fn serve_watch(
             result = changed.changed() => if result.is_err() { return },
             () = tx.closed() => return,
         }
-        if let Err(status) = still_may_watch(&c, &caller) {
+        if let Err(status) = still_may_watch(&c, &caller, not_before_ms) {
             let _ = tx.send(Err(status)).await;
             return;
         }

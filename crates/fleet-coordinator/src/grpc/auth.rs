@@ -41,6 +41,25 @@ impl Caller {
     }
 }
 
+/// When the caller's certificate is valid from (its notBefore, milliseconds since the Unix
+/// epoch), for the revocation check of an open watch stream.
+#[derive(Debug, Clone, Copy)]
+pub struct CertificateIssued {
+    pub not_before_ms: u64,
+}
+
+/// The refusal of a revoked cluster certificate.
+pub fn revoked_certificate(cluster: &str, revoked_at_ms: u64) -> Status {
+    fleet_api::status::with_hint(
+        Code::Unauthenticated,
+        format!(
+            "the certificates of cluster {cluster}'s agent issued until {revoked_at_ms} ms (Unix \
+             time) are revoked, and this is one"
+        ),
+        "issue the agent a new certificate (`fleet-ctl pki issue cluster NAME`) and restart it",
+    )
+}
+
 /// The interceptor: a request with a bearer token is that token's (on every node), else TLS
 /// nodes authenticate its certificate and plaintext nodes mark it [`Caller::Plaintext`].
 #[derive(Clone)]
@@ -101,8 +120,22 @@ impl tonic::service::Interceptor for Authenticate {
             Some(authenticator) => {
                 let chain = request.peer_certs();
                 let chain = chain.as_deref().map(Vec::as_slice).unwrap_or(&[]);
-                match authenticator.authenticate(chain) {
-                    Ok(principal) => Caller::Authenticated(principal),
+                match authenticator.authenticate_issued(chain) {
+                    Ok((principal, not_before_s)) => {
+                        let not_before_ms = u64::try_from(not_before_s).unwrap_or(0) * 1000;
+                        if let Principal::Cluster(cluster) = &principal {
+                            let revoked = self.coordinator.read_state(|s| {
+                                s.cluster_certificate_revoked(cluster, not_before_ms)
+                            });
+                            if let Some(revoked_at_ms) = revoked {
+                                return Err(revoked_certificate(cluster, revoked_at_ms));
+                            }
+                        }
+                        request
+                            .extensions_mut()
+                            .insert(CertificateIssued { not_before_ms });
+                        Caller::Authenticated(principal)
+                    }
                     Err(refusal) => {
                         tracing::debug!(
                             remote = ?request.remote_addr(),

@@ -554,4 +554,17 @@ impl FleetService for FleetApi {
             result: write_result(index),
         }))
     }
+
+    async fn revoke_cluster_certificates(
+        &self,
+        request: Request<RevokeClusterCertificatesRequest>,
+    ) -> Reply<RevokeClusterCertificatesResponse> {
+        let actor = actor(&request)?;
+        let r = request.into_inner();
+        let command = Command::RevokeClusterCertificates { cluster: r.cluster };
+        let (index, _) = self.write(command, actor, r.reason).await?;
+        Ok(Response::new(RevokeClusterCertificatesResponse {
+            result: write_result(index),
+        }))
+    }
 }
