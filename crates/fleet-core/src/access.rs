@@ -10,8 +10,9 @@
 //! | `admin` | everything a person may do: roles, tokens, approval rules, coordinator membership |
 //!
 //! A scope narrows a role to the environments and workloads it lists; an empty list means all.
-//! It narrows only what a command names: adding a site names neither, so any `operator`
-//! binding allows it. The fleet's own actors are not roles: only the planner advances a
+//! It narrows what a command touches: a freeze's removal its freeze's environment, a pipeline
+//! every environment it lists; adding a site touches neither, so any `operator` binding
+//! allows it. The fleet's own actors are not roles: only the planner advances a
 //! rollout, only a coordinator records a leadership hand-over, and only a cluster's agent
 //! reports that cluster's status. The first admin is bound by a coordinator while no admin
 //! exists (the bootstrap admin); the last admin cannot be unbound.
@@ -250,9 +251,14 @@ pub fn needs(state: &State, command: &Command) -> Vec<Need> {
         workload: workload.cloned(),
     };
     match command {
-        Command::AddSite { .. } | Command::AddEnvironment { .. } | Command::RemoveFreeze { .. } => {
-            vec![Need::role(Role::Operator)]
-        }
+        Command::AddSite { .. } => vec![Need::role(Role::Operator)],
+        Command::AddEnvironment { name } => vec![role(Role::Operator, Some(name), None)],
+        // The freeze's environment: an operator of staging does not lift production's.
+        Command::RemoveFreeze { id } => vec![role(
+            Role::Operator,
+            state.freezes.get(id).map(|f| &f.environment),
+            None,
+        )],
         Command::RegisterCluster { environment, .. } => {
             vec![role(Role::Operator, Some(environment), None)]
         }
@@ -264,7 +270,17 @@ pub fn needs(state: &State, command: &Command) -> Vec<Need> {
             )]
         }
         Command::CreateWorkload { name, .. } => vec![role(Role::Operator, None, Some(name))],
-        Command::SetPipeline { workload, .. } => vec![role(Role::Operator, None, Some(workload))],
+        // A pipeline decides how every environment it lists is entered: an operator of each.
+        Command::SetPipeline { workload, pipeline } => {
+            let mut needs = vec![role(Role::Operator, None, Some(workload))];
+            needs.extend(
+                pipeline
+                    .environments
+                    .iter()
+                    .map(|e| role(Role::Operator, Some(e), Some(workload))),
+            );
+            needs
+        }
         Command::PauseRollout {
             workload,
             environment,

@@ -343,3 +343,48 @@ fn a_revocation_refuses_the_certificates_issued_in_earlier_seconds_and_accepts_l
         "{message}"
     );
 }
+
+#[test]
+fn an_operator_of_staging_neither_adds_nor_lifts_a_freeze_of_production() {
+    let mut f = Fleet::new();
+    f.ok("root", bind("ola", "operator", &["staging"], &[]));
+    let freeze = |environment: &str| Command::AddFreeze {
+        environment: environment.into(),
+        from_ms: 1,
+        to_ms: 2_000_000_000_000,
+    };
+    f.ok("ola", freeze("staging"));
+    let message = f.denied("ola", freeze("production"));
+    assert!(message.contains("for environment production"), "{message}");
+    let Outcome::FreezeAdded { id } = f.ok("root", freeze("production")) else {
+        panic!("a freeze");
+    };
+    let message = f.denied("ola", Command::RemoveFreeze { id });
+    assert!(message.contains("for environment production"), "{message}");
+    f.ok("root", Command::RemoveFreeze { id });
+}
+
+#[test]
+fn an_operator_of_staging_does_not_set_a_pipeline_that_reaches_production() {
+    let mut f = Fleet::new();
+    f.ok("root", bind("ola", "operator", &["staging"], &[]));
+    let pipeline = |environments: &[&str]| Command::SetPipeline {
+        workload: "web".into(),
+        pipeline: fleet_core::rollout::Pipeline::default_for(
+            &environments
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>(),
+        ),
+    };
+    let message = f.denied("ola", pipeline(&["staging", "production"]));
+    assert!(
+        message.contains("role operator for environment production for workload web"),
+        "{message}"
+    );
+    f.ok(
+        "root",
+        bind("ola", "operator", &["staging", "production"], &[]),
+    );
+    f.ok("ola", pipeline(&["staging", "production"]));
+}
