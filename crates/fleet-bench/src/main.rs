@@ -580,17 +580,6 @@ async fn run_workload(
 /// concurrent streams per connection by default).
 const STREAMS_PER_CONNECTION: usize = 100;
 
-/// Resident memory of a process in bytes, from /proc.
-fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")?;
-    Ok(kb * 1024)
-}
-
 async fn fanout(rounds: Vec<usize>, nodes: usize, releases: usize) -> anyhow::Result<()> {
     use fleet_api::proto::agent_service_client::AgentServiceClient;
     use fleet_api::proto::{CreateWorkloadRequest, PublishReleaseRequest, WatchAssignmentsRequest};
@@ -650,8 +639,8 @@ async fn fanout(rounds: Vec<usize>, nodes: usize, releases: usize) -> anyhow::Re
             .collect();
         let rss_before: u64 = pids
             .iter()
-            .map(|p| rss_bytes(*p))
-            .sum::<anyhow::Result<u64>>()?;
+            .map(|p| fleet_testkit::resident_bytes(*p))
+            .sum::<std::io::Result<u64>>()?;
         // Open the streams: each agent waits for a version above the one it first sees.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, u64, Instant)>(agents);
         let mut channels = Vec::new();
@@ -700,8 +689,8 @@ async fn fanout(rounds: Vec<usize>, nodes: usize, releases: usize) -> anyhow::Re
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_after: u64 = pids
             .iter()
-            .map(|p| rss_bytes(*p))
-            .sum::<anyhow::Result<u64>>()?;
+            .map(|p| fleet_testkit::resident_bytes(*p))
+            .sum::<std::io::Result<u64>>()?;
         let per_agent = rss_after.saturating_sub(rss_before) as f64 / agents as f64;
         for release in 0..releases {
             let revision = format!("{:040x}", (round_no * 1000 + release + 1) as u128);

@@ -49,15 +49,6 @@ async fn watch_when_freed(agent: &mut AgentServiceClient<Channel>, cluster: &str
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_or_an_operator_over_its_watch_stream_bound_is_resource_exhausted() {
     let cluster = ProcessCluster::start(1, &["--max-watch-streams-per-operator", "8"]).await;
@@ -121,7 +112,7 @@ async fn opening_and_closing_thousands_of_watch_streams_does_not_grow_the_nodes_
     common::register(&mut admin, "a", "oslo").await.unwrap();
     let pid = cluster.node(1).pid().expect("running");
 
-    let before = rss_kib(pid);
+    let before = fleet_testkit::resident_bytes(pid).expect("read /proc") / 1024;
     let mut rss = Vec::new();
     for round in 0..10 {
         let mut channels = Vec::new();
@@ -141,7 +132,7 @@ async fn opening_and_closing_thousands_of_watch_streams_does_not_grow_the_nodes_
         drop(open);
         drop(channels);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        rss.push(rss_kib(pid));
+        rss.push(fleet_testkit::resident_bytes(pid).expect("read /proc") / 1024);
     }
     eprintln!("resident KiB before: {before}; after each round: {rss:?}");
     let settled = rss[2];
