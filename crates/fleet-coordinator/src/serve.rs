@@ -650,14 +650,23 @@ pub(crate) async fn bind_bootstrap_admin(
         environments: Vec::new(),
         workloads: Vec::new(),
     };
-    coordinator
+    let written = coordinator
         .write(
             command,
             fleet_core::Principal::Coordinator(coordinator.id).actor(),
             "the bootstrap admin".into(),
         )
-        .await
-        .map_err(|e| NodeError::Startup(format!("bind the bootstrap admin {operator}: {e}")))?;
-    tracing::info!(operator, "bound the bootstrap admin");
+        .await;
+    match written {
+        Ok(_) => tracing::info!(operator, "bound the bootstrap admin"),
+        // Both callers (start-up and the planner) may propose it at once; the second is
+        // refused at apply because an admin exists by then, which is what both wanted.
+        Err(_) if coordinator.read_state(|s| s.has_admin()) => {}
+        Err(e) => {
+            return Err(NodeError::Startup(format!(
+                "bind the bootstrap admin {operator}: {e}"
+            )));
+        }
+    }
     Ok(())
 }
