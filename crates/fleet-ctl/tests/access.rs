@@ -31,6 +31,16 @@ fn ctl_with_token(token: &str, endpoints: &str, args: &[&str]) -> Output {
         .expect("run fleet-ctl")
 }
 
+/// Waits (at most 10 s) for an open watch stream to end UNAUTHENTICATED for a revocation.
+async fn ends_as_revoked(stream: &mut tonic::Streaming<fleet_api::proto::AssignmentSet>) {
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .expect("the stream ends within 10 s of the revocation")
+        .unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("revoked"), "{ended:?}");
+}
+
 /// A fleet with clusters stg-1 and prod-1 and workloads web and api (web soaks 0 s).
 async fn fleet() -> (ProcessCluster, String) {
     let cluster = ProcessCluster::start(1, &[]).await;
@@ -309,12 +319,7 @@ async fn a_publisher_token_publishes_its_workload_only_and_is_unauthenticated_on
     stream.message().await.unwrap().expect("the first set");
 
     ok_json(&ep, &["token", "revoke", "ci-web"]);
-    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
-        .await
-        .expect("the stream ends within 10 s of the revocation")
-        .unwrap_err();
-    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
-    assert!(ended.message().contains("revoked"), "{ended:?}");
+    ends_as_revoked(&mut stream).await;
     let out = ctl_with_token(&token, &ep, &["release", "publish", "web", B]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(
@@ -445,12 +450,7 @@ async fn a_revoked_agent_certificate_is_refused_and_its_open_stream_ends_and_a_n
             "laptop lost",
         ],
     );
-    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
-        .await
-        .expect("the stream ends within 10 s of the revocation")
-        .unwrap_err();
-    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
-    assert!(ended.message().contains("revoked"), "{ended:?}");
+    ends_as_revoked(&mut stream).await;
     // Every later call with it, on a new connection too.
     let mut again = AgentServiceClient::new(
         fleet_testkit::channel_as(&address, &pki.transport_as(&old))
