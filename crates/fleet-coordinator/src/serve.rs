@@ -438,7 +438,7 @@ impl Drop for Background {
     }
 }
 
-/// Publishes disk and Raft gauges every [`METRICS_PERIOD`].
+/// Publishes disk, Raft and heap gauges every [`METRICS_PERIOD`].
 ///
 /// # Cancel safety
 /// Only reads; safe to drop.
@@ -453,6 +453,7 @@ async fn publish_metrics(raft: Raft, health: Arc<DiskHealth>) {
             m.state == ServerState::Leader,
         );
         crate::metrics::publish_disk(&health.report());
+        crate::metrics::publish_heap();
     }
 }
 

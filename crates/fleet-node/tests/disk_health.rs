@@ -3,12 +3,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::{add_site, client, register};
 use fleet_api::proto::{DiskHealth, GetCoordinatorStatusRequest};
-use fleet_testkit::{ProcessCluster, free_port};
+use fleet_testkit::{ProcessCluster, free_port, http_get};
 
 async fn disk_once_sampled(address: &str) -> DiskHealth {
     let mut c = client(address).await;
@@ -31,14 +30,6 @@ async fn disk_once_sampled(address: &str) -> DiskHealth {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn http_get(address: &str, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(address).expect("connect to metrics");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,6 +74,12 @@ async fn probe_and_log_flush_latencies_are_reported_in_status_and_metrics() {
     ] {
         assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
     }
+    let heap = fleet_testkit::gauge_value(&text, "fleet_process_heap_allocated_bytes")
+        .expect("/metrics has the heap gauge");
+    assert!(
+        (1_000_000.0..1e10).contains(&heap),
+        "a running node holds megabytes allocated, not {heap} bytes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

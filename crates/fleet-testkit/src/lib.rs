@@ -212,6 +212,25 @@ pub fn resident_bytes(pid: u32) -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::other(format!("no VmRSS in /proc/{pid}/status")))
 }
 
+/// The body of `GET PATH` over plain HTTP/1.0 from `address` (a node's metrics listener), with
+/// the status line and headers in front. Panics when the listener cannot be reached.
+pub fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to metrics");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// The value of the unlabelled gauge `name` in a Prometheus text exposition, if present.
+pub fn gauge_value(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+        rest.trim().parse().ok()
+    })
+}
+
 /// A free TCP port on 127.0.0.1 (free when asked; the OS may hand it out again later).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
