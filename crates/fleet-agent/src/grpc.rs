@@ -7,7 +7,7 @@ use std::time::Duration;
 use fleet_api::convert;
 use fleet_api::limits::MAX_RESPONSE_BYTES;
 use fleet_api::proto::agent_service_client::AgentServiceClient;
-use fleet_api::proto::{ReportStatusRequest, WatchAssignmentsRequest};
+use fleet_api::proto::{ReportStatusRequest, RequestCertificateRequest, WatchAssignmentsRequest};
 use fleet_core::{Assignment, StatusReport};
 use fleet_identity::Transport;
 use tonic::Streaming;
@@ -100,6 +100,63 @@ impl Coordinator {
             .await
             .map(|r| r.into_inner().committed)
             .map_err(failed)
+    }
+}
+
+/// A certificate a coordinator signed for this agent.
+pub struct SignedCertificate {
+    pub certificate_pem: String,
+    pub ca_pem: String,
+}
+
+/// Why a certificate request failed: `permanent` when asking again with the same credential
+/// cannot help (a used or expired join token, a refused certificate).
+pub struct RequestFailed {
+    pub permanent: bool,
+    pub message: String,
+}
+
+impl Coordinator {
+    /// Asks for a certificate for the key that signed `csr_pem`, with the cluster's join token
+    /// (`join_token`, sent as a bearer token) or, for a renewal, with the transport's current
+    /// certificate.
+    ///
+    /// # Errors
+    /// The refusal; permanent for UNAUTHENTICATED and PERMISSION_DENIED.
+    pub async fn request_certificate(
+        &mut self,
+        csr_pem: &str,
+        join_token: Option<&str>,
+    ) -> Result<SignedCertificate, RequestFailed> {
+        let mut request = tonic::Request::new(RequestCertificateRequest {
+            csr_pem: csr_pem.to_string(),
+        });
+        request.set_timeout(REPORT_TIMEOUT);
+        if let Some(token) = join_token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| RequestFailed {
+                    permanent: true,
+                    message: "the join token holds characters a header cannot carry".into(),
+                })?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        match self.client.request_certificate(request).await {
+            Ok(response) => {
+                let r = response.into_inner();
+                Ok(SignedCertificate {
+                    certificate_pem: r.certificate_pem,
+                    ca_pem: r.ca_pem,
+                })
+            }
+            Err(status) => Err(RequestFailed {
+                permanent: matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ),
+                message: failed(status),
+            }),
+        }
     }
 }
 

@@ -12,11 +12,15 @@
 //!   Workloads no longer assigned are pruned.
 //! - `status-reporter`: sends the reports after every pass (and at least once per resync
 //!   interval, as a heartbeat) to the first endpoint that answers.
+//! - `certificate-renewal`, for an agent that enrolled itself with a join token ([`enroll`]):
+//!   renews its certificate at two thirds of its lifetime; the other tasks connect with the
+//!   newest one.
 //!
 //! With every coordinator unreachable the reconciler keeps enforcing the cached assignment and
 //! render; a restarted agent starts from the cache.
 
 pub mod cache;
+pub mod enroll;
 pub mod files;
 pub mod git;
 pub mod grpc;
@@ -67,6 +71,9 @@ pub enum AgentError {
     Target(String),
     #[error("state cache: {0}")]
     Cache(String),
+    /// The agent's certificate: none to be had, or its files unusable.
+    #[error("identity: {0}")]
+    Identity(String),
 }
 
 /// Where rendered workloads go.
@@ -189,9 +196,18 @@ pub struct AgentConfig {
     pub target: TargetSpec,
     pub state_dir: PathBuf,
     pub resync_interval: Duration,
-    /// Mutual TLS with the cluster's certificate (`spiffe://TD/cluster/NAME`), or plaintext to
-    /// a loopback coordinator that runs with `--insecure-plaintext`.
-    pub transport: fleet_identity::Transport,
+    pub identity: Identity,
+}
+
+/// How the agent proves who it is.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    /// Mutual TLS with a certificate given to it (`--cert`, `--key`; renewed by whoever issued
+    /// it), or plaintext to a loopback coordinator that runs with `--insecure-plaintext`.
+    Given(fleet_identity::Transport),
+    /// A certificate of its own in `STATE/tls/`, got with a join token and renewed by the agent
+    /// (see [`enroll`]).
+    Enrolled(enroll::Enrollment),
 }
 
 /// Jittered exponential backoff: the n-th wait is uniform in `[0, min(MAX, BASE·2ⁿ)]` ("full
@@ -244,37 +260,100 @@ pub async fn run(
     let (held_tx, held_rx) = watch::channel(held);
     let (reports_tx, reports_rx) = watch::channel(Vec::<StatusReport>::new());
     let config = Arc::new(config);
-    let tasks = [
+    // The transport, once the agent has credentials; replaced at every renewal.
+    let (transport_tx, transport_rx) = watch::channel(None);
+    let mut tasks = vec![
         spawn_named(
             "assignment-stream",
-            stream_assignments(config.clone(), cache.clone(), held_tx),
+            stream_assignments(config.clone(), cache.clone(), held_tx, transport_rx.clone()),
         ),
         spawn_named(
             "reconciler",
             reconcile_loop(config.clone(), cache, held_rx, reports_tx),
         ),
-        spawn_named("status-reporter", report_loop(config.clone(), reports_rx)),
+        spawn_named(
+            "status-reporter",
+            report_loop(config.clone(), reports_rx, transport_rx),
+        ),
     ];
-    shutdown.await;
+    let result = tokio::select! {
+        () = shutdown => Ok(()),
+        result = credentials(&config, transport_tx, &mut tasks) => match result {
+            Ok(never) => match never {},
+            Err(error) => Err(error),
+        },
+    };
     for task in tasks {
         task.abort();
     }
-    Ok(())
+    result
+}
+
+/// Sends the agent's transport on `transport`, and keeps it renewed; returns only on an
+/// error (the agent has no certificate and cannot get one).
+async fn credentials(
+    config: &AgentConfig,
+    transport: watch::Sender<Option<fleet_identity::Transport>>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<std::convert::Infallible, AgentError> {
+    match &config.identity {
+        Identity::Given(given) => {
+            transport.send_replace(Some(given.clone()));
+        }
+        Identity::Enrolled(enrollment) => {
+            let current = enroll::establish(
+                &config.cluster,
+                &config.endpoints,
+                &config.state_dir,
+                enrollment,
+            )
+            .await?;
+            transport.send_replace(Some(enroll::first_transport(&current)?));
+            tasks.push(spawn_named(
+                "certificate-renewal",
+                enroll::renew_loop(
+                    config.cluster.clone(),
+                    config.endpoints.clone(),
+                    config.state_dir.clone(),
+                    enrollment.clone(),
+                    current,
+                    transport,
+                ),
+            ));
+        }
+    }
+    std::future::pending().await
+}
+
+/// The transport once there is one.
+async fn transport_now(
+    transport: &mut watch::Receiver<Option<fleet_identity::Transport>>,
+) -> fleet_identity::Transport {
+    loop {
+        if let Some(t) = transport.borrow_and_update().clone() {
+            return t;
+        }
+        if transport.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 async fn stream_assignments(
     config: Arc<AgentConfig>,
     cache: Arc<Cache>,
     held: watch::Sender<Option<Held>>,
+    mut transport: watch::Receiver<Option<fleet_identity::Transport>>,
 ) {
     let mut backoff = Backoff::new();
     let mut next = 0usize;
     loop {
+        let current = transport_now(&mut transport).await;
         let address = &config.endpoints[next % config.endpoints.len()];
         next += 1;
         let since = held.borrow().as_ref().map_or(0, |h| h.version);
         let watched = watch_one(
-            &config.transport,
+            &current,
             address,
             &config.cluster,
             since,
@@ -282,9 +361,16 @@ async fn stream_assignments(
             &held,
             &mut backoff,
         );
-        match watched.await {
-            Ok(()) => tracing::info!(%address, "assignment stream ended; reconnecting"),
-            Err(error) => tracing::warn!(%address, %error, "assignment stream failed"),
+        tokio::select! {
+            result = watched => match result {
+                Ok(()) => tracing::info!(%address, "assignment stream ended; reconnecting"),
+                Err(error) => tracing::warn!(%address, %error, "assignment stream failed"),
+            },
+            // A renewed certificate: reconnect with it at once.
+            Ok(()) = transport.changed() => {
+                tracing::info!(%address, "reconnecting with the renewed certificate");
+                continue;
+            }
         }
         tokio::time::sleep(backoff.next_delay()).await;
     }
@@ -632,7 +718,11 @@ async fn reconcile_workload(
     }
 }
 
-async fn report_loop(config: Arc<AgentConfig>, mut reports: watch::Receiver<Vec<StatusReport>>) {
+async fn report_loop(
+    config: Arc<AgentConfig>,
+    mut reports: watch::Receiver<Vec<StatusReport>>,
+    mut transport: watch::Receiver<Option<fleet_identity::Transport>>,
+) {
     // One connection per endpoint, kept between reports; dropped when a report on it fails.
     let mut clients: BTreeMap<usize, Coordinator> = BTreeMap::new();
     let mut backoff = Backoff::new();
@@ -645,6 +735,10 @@ async fn report_loop(config: Arc<AgentConfig>, mut reports: watch::Receiver<Vec<
                 () = tokio::time::sleep(config.resync_interval) => {}
             }
         }
+        if transport.has_changed().unwrap_or(false) {
+            clients.clear(); // Connected with the certificate before the renewal.
+        }
+        let current = transport_now(&mut transport).await;
         let batch: Vec<StatusReport> = reports.borrow_and_update().clone();
         if batch.is_empty() {
             pending = false;
@@ -656,7 +750,7 @@ async fn report_loop(config: Arc<AgentConfig>, mut reports: watch::Receiver<Vec<
             let address = &config.endpoints[index];
             let client = match clients.get(&index) {
                 Some(client) => client.clone(),
-                None => match Coordinator::connect(&config.transport, address).await {
+                None => match Coordinator::connect(&current, address).await {
                     Ok(client) => clients.entry(index).or_insert(client).clone(),
                     Err(error) => {
                         tracing::debug!(%address, %error, "cannot connect to report status");

@@ -7,3 +7,6 @@
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// Largest response message a node sends to a client, and the most a client accepts: 64 MiB.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Largest certificate signing request `AgentService.RequestCertificate` accepts.
+pub const MAX_CSR_BYTES: usize = 16 * 1024;

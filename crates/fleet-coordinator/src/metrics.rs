@@ -53,7 +53,7 @@ pub fn publish_raft(term: u64, applied_index: u64, is_leader: bool) {
     gauge!("fleet_raft_is_leader").set(if is_leader { 1.0 } else { 0.0 });
 }
 
-/// Publishes `fleet_process_heap_allocated_bytes`: the bytes the process holds allocated from
+/// Publishes `fleet_heap_allocated_bytes`: the bytes the process holds allocated from
 /// its heap (chunks in use in every malloc arena plus those mapped on their own), as glibc's
 /// `mallinfo2(3)` counts them (`uordblks + hblkhd`). Resident memory also counts what the
 /// allocator keeps free for reuse and never returns, so this is the figure that shows whether
@@ -64,7 +64,7 @@ pub fn publish_heap() {
         // SAFETY: mallinfo2 only reads the allocator's own bookkeeping (under its arena locks)
         // and returns a plain struct; glibc 2.33 or later.
         let info = unsafe { libc::mallinfo2() };
-        gauge!("fleet_process_heap_allocated_bytes").set((info.uordblks + info.hblkhd) as f64);
+        gauge!("fleet_heap_allocated_bytes").set((info.uordblks + info.hblkhd) as f64);
     }
 }
 

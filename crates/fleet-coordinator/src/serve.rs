@@ -89,6 +89,11 @@ pub struct CoordinatorConfig {
     pub bootstrap_admin: String,
     /// Most watch streams one operator or token may hold open on this node.
     pub max_watch_streams_per_operator: usize,
+    /// The fleet's CA with its key (`--ca-key`), to sign agents' certificate requests
+    /// (`RequestCertificate`); `None` on a node that does not sign.
+    pub signing_ca: Option<Arc<fleet_identity::pki::Ca>>,
+    /// The lifetime of the agent certificates this node signs (default 30 days).
+    pub agent_certificate_ttl: Duration,
 }
 
 impl CoordinatorConfig {
@@ -113,6 +118,8 @@ impl CoordinatorConfig {
             tls: None,
             bootstrap_admin: DEFAULT_BOOTSTRAP_ADMIN.into(),
             max_watch_streams_per_operator: crate::limits::DEFAULT_MAX_WATCH_STREAMS_PER_OPERATOR,
+            signing_ca: None,
+            agent_certificate_ttl: fleet_identity::pki::CLUSTER_TTL,
         }
     }
 
@@ -297,7 +304,13 @@ where
             authenticate.clone(),
         ))
         .add_service(InterceptedService::new(
-            grpc::agent::agent_server(coordinator.clone()),
+            grpc::agent::agent_server(
+                coordinator.clone(),
+                config.signing_ca.clone().map(|ca| grpc::agent::Signer {
+                    ca,
+                    ttl: config.agent_certificate_ttl,
+                }),
+            ),
             authenticate.clone(),
         ))
         .add_service(InterceptedService::new(

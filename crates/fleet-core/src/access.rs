@@ -155,6 +155,19 @@ pub struct Token {
     pub expires_at_ms: TimeMs,
 }
 
+/// A cluster's one-time join token ([`Command::CreateJoinToken`]): what enrolls its agent once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub cluster: String,
+    /// Lowercase hex SHA-256 of the token's secret.
+    pub secret_sha256: String,
+    /// Not valid from this time on.
+    pub expires_at_ms: TimeMs,
+    /// Who made it, and when.
+    pub created_by: String,
+    pub created_at_ms: TimeMs,
+}
+
 /// Who an audit actor is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor<'a> {
@@ -262,7 +275,9 @@ pub fn needs(state: &State, command: &Command) -> Vec<Need> {
         Command::RegisterCluster { environment, .. } => {
             vec![role(Role::Operator, Some(environment), None)]
         }
-        Command::RemoveCluster { name } | Command::RevokeClusterCertificates { cluster: name } => {
+        Command::RemoveCluster { name }
+        | Command::RevokeClusterCertificates { cluster: name }
+        | Command::CreateJoinToken { cluster: name, .. } => {
             vec![role(
                 Role::Operator,
                 state.cluster(name).ok().map(|c| &c.environment),
@@ -333,7 +348,9 @@ pub fn needs(state: &State, command: &Command) -> Vec<Need> {
         | Command::UnbindRole { .. }
         | Command::CreateToken { .. }
         | Command::RevokeToken { .. } => vec![Need::role(Role::Admin)],
-        Command::RecordStatus { cluster, .. } => vec![Need::Agent(cluster.clone())],
+        Command::RecordStatus { cluster, .. } | Command::EnrollCluster { cluster, .. } => {
+            vec![Need::Agent(cluster.clone())]
+        }
         Command::AdvanceRollout { .. } => vec![Need::Planner],
         Command::RecordLeadershipHandover { .. } => vec![Need::Coordinator],
     }
@@ -573,6 +590,41 @@ impl State {
         }
     }
 
+    /// Cluster `cluster`'s unused join token, if it has one (expired ones included).
+    pub fn join_token(&self, cluster: &str) -> Option<&JoinToken> {
+        self.join_tokens.get(cluster)
+    }
+
+    pub(crate) fn check_enrollment(
+        &self,
+        command: &Command,
+        ctx: &Context,
+    ) -> Result<(), CoreError> {
+        match command {
+            Command::CreateJoinToken { cluster, .. } => self.cluster(cluster).map(|_| ()),
+            Command::EnrollCluster {
+                cluster,
+                secret_sha256,
+            } => {
+                let valid = self.join_tokens.get(cluster).is_some_and(|t| {
+                    same_digest(&t.secret_sha256, secret_sha256) && ctx.now_ms < t.expires_at_ms
+                });
+                if !valid {
+                    return Err(CoreError::PermissionDenied {
+                        message: format!(
+                            "the join token of cluster {cluster} is used, expired or replaced"
+                        ),
+                        hint: format!(
+                            "ask an operator for a new one: `fleet-ctl cluster join-token {cluster}`"
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            _ => unreachable!("check_enrollment handles {}", command.kind()),
+        }
+    }
+
     pub(crate) fn apply_access(&mut self, command: &Command, ctx: &Context) -> (Outcome, String) {
         let grant = |role: &str, environments: &[String], workloads: &[String]| Grant {
             role: Role::parse("role", role).expect("validated"),
@@ -662,6 +714,41 @@ impl State {
                     ),
                 )
             }
+            Command::CreateJoinToken {
+                cluster,
+                secret_sha256,
+                expires_at_ms,
+            } => {
+                self.join_tokens.insert(
+                    cluster.clone(),
+                    JoinToken {
+                        cluster: cluster.clone(),
+                        secret_sha256: secret_sha256.clone(),
+                        expires_at_ms: *expires_at_ms,
+                        created_by: ctx.actor.clone(),
+                        created_at_ms: ctx.now_ms,
+                    },
+                );
+                (
+                    Outcome::JoinTokenCreated {
+                        cluster: cluster.clone(),
+                        expires_at_ms: *expires_at_ms,
+                    },
+                    format!(
+                        "join token for cluster {cluster} made, valid once until {}",
+                        crate::promotion::time(*expires_at_ms)
+                    ),
+                )
+            }
+            Command::EnrollCluster { cluster, .. } => {
+                self.join_tokens.remove(cluster);
+                (
+                    Outcome::ClusterEnrolled {
+                        cluster: cluster.clone(),
+                    },
+                    format!("cluster {cluster}'s agent enrolled with its join token"),
+                )
+            }
             Command::RevokeToken { name } => {
                 self.tokens.remove(name);
                 (
@@ -714,10 +801,41 @@ pub fn secret_sha256(secret_hex: &str) -> String {
 /// Whether `text` is the bearer token `token` at `now_ms`: its secret hashes to the stored
 /// hash (compared without an early exit) and it has not expired.
 pub fn token_matches(token: &Token, secret_hex: &str, now_ms: TimeMs) -> bool {
-    let presented = secret_sha256(secret_hex);
-    let same = presented.bytes().zip(token.secret_sha256.bytes()).fold(
-        presented.len() ^ token.secret_sha256.len(),
-        |acc, (a, b)| acc | usize::from(a ^ b),
-    ) == 0;
-    same && now_ms < token.expires_at_ms
+    same_digest(&secret_sha256(secret_hex), &token.secret_sha256) && now_ms < token.expires_at_ms
+}
+
+/// Whether two hex digests are equal, compared without an early exit.
+fn same_digest(a: &str, b: &str) -> bool {
+    a.bytes()
+        .zip(b.bytes())
+        .fold(a.len() ^ b.len(), |acc, (x, y)| acc | usize::from(x ^ y))
+        == 0
+}
+
+/// The prefix of a join token's text: `fleet-join:CLUSTER:SECRET`, where SECRET is 64
+/// lowercase hex digits (32 random bytes). It is sent as a bearer token, and only
+/// `AgentService.RequestCertificate` accepts it.
+pub const JOIN_TOKEN_PREFIX: &str = "fleet-join:";
+
+/// A join token's text from its cluster and secret.
+pub fn join_token_text(cluster: &str, secret_hex: &str) -> String {
+    format!("{JOIN_TOKEN_PREFIX}{cluster}:{secret_hex}")
+}
+
+/// The cluster and secret of a join token's text; `None` when it is not of that shape.
+pub fn join_token_parts(text: &str) -> Option<(&str, &str)> {
+    let (cluster, secret) = text.strip_prefix(JOIN_TOKEN_PREFIX)?.split_once(':')?;
+    let hex = secret.len() == 64
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (crate::validate::dns_label("cluster", cluster).is_ok() && hex).then_some((cluster, secret))
+}
+
+/// Whether `secret_hex` is `cluster`'s join token in `state` at `now_ms`: it hashes to the
+/// kept hash and has not expired.
+pub fn join_token_matches(state: &State, cluster: &str, secret_hex: &str, now_ms: TimeMs) -> bool {
+    state.join_token(cluster).is_some_and(|t| {
+        same_digest(&secret_sha256(secret_hex), &t.secret_sha256) && now_ms < t.expires_at_ms
+    })
 }

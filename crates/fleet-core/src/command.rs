@@ -165,11 +165,24 @@ pub enum Command {
     RevokeClusterCertificates {
         cluster: String,
     },
+    /// Keeps a one-time join token for `cluster`'s agent (only the SHA-256 of its secret),
+    /// valid until `expires_at_ms`; replaces the cluster's earlier unused one.
+    CreateJoinToken {
+        cluster: String,
+        secret_sha256: String,
+        expires_at_ms: TimeMs,
+    },
+    /// Uses up `cluster`'s join token, whose secret hashes to `secret_sha256`: committed before
+    /// a coordinator signs the agent's certificate request, so that a token enrolls once.
+    EnrollCluster {
+        cluster: String,
+        secret_sha256: String,
+    },
 }
 
 impl Command {
     /// Every [`Command::kind`], in declaration order: what `audit --kind` accepts.
-    pub const KINDS: [&'static str; 24] = [
+    pub const KINDS: [&'static str; 26] = [
         "add_site",
         "add_environment",
         "register_cluster",
@@ -194,6 +207,8 @@ impl Command {
         "create_token",
         "revoke_token",
         "revoke_cluster_certificates",
+        "create_join_token",
+        "enroll_cluster",
     ];
 
     /// A short name for logs and the audit log, e.g. `register_cluster`; the same as the
@@ -224,6 +239,8 @@ impl Command {
             Command::CreateToken { .. } => "create_token",
             Command::RevokeToken { .. } => "revoke_token",
             Command::RevokeClusterCertificates { .. } => "revoke_cluster_certificates",
+            Command::CreateJoinToken { .. } => "create_join_token",
+            Command::EnrollCluster { .. } => "enroll_cluster",
         }
     }
 
@@ -395,6 +412,13 @@ pub enum Outcome {
     ClusterCertificatesRevoked {
         cluster: String,
         revoked_at_ms: TimeMs,
+    },
+    JoinTokenCreated {
+        cluster: String,
+        expires_at_ms: TimeMs,
+    },
+    ClusterEnrolled {
+        cluster: String,
     },
 }
 

@@ -24,6 +24,8 @@ pub const MAX_TOKENS: usize = 1_000;
 pub const MAX_SCOPE_ENTRIES: usize = 64;
 /// Longest a bearer token may be valid: 1 year.
 pub const MAX_TOKEN_TTL_MS: u64 = 366 * 24 * 3600 * 1000;
+/// Longest a cluster's join token may be valid: 7 days (the default is 1 hour).
+pub const MAX_JOIN_TOKEN_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Most sites in one fleet.
 pub const MAX_SITES: usize = 1024;
 /// Most entries in a pipeline's wave order (sites, or values of the wave label).

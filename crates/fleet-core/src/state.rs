@@ -72,6 +72,9 @@ pub struct State {
     /// When each cluster's agent certificates were last revoked, by cluster.
     #[serde(default)]
     pub(crate) revoked_certificates: BTreeMap<String, crate::model::TimeMs>,
+    /// Each cluster's unused join token, by cluster.
+    #[serde(default)]
+    pub(crate) join_tokens: BTreeMap<String, crate::access::JoinToken>,
     /// The latest command time applied (`Context::now_ms`), status reports included: the floor
     /// for the next time a leader stamps, so committed time never goes backwards when
     /// leadership moves to a node whose clock is behind. 0 in snapshots from before it.
@@ -135,6 +138,7 @@ impl Default for State {
             role_bindings: BTreeMap::new(),
             tokens: BTreeMap::new(),
             revoked_certificates: BTreeMap::new(),
+            join_tokens: BTreeMap::new(),
             last_time_ms: 0,
         }
     }
@@ -257,6 +261,9 @@ impl State {
             | Command::CreateToken { .. }
             | Command::RevokeToken { .. }
             | Command::RevokeClusterCertificates { .. } => self.check_access(command),
+            Command::CreateJoinToken { .. } | Command::EnrollCluster { .. } => {
+                self.check_enrollment(command, ctx)
+            }
             _ => self.check_promotion(command, ctx, format),
         }
     }
@@ -426,6 +433,7 @@ impl State {
                 self.assignments.remove(name);
                 self.assignment_log.remove(name);
                 self.reports.remove(name);
+                self.join_tokens.remove(name);
                 self.leave_rollouts(name);
                 (
                     Outcome::ClusterRemoved { name: name.clone() },
@@ -586,7 +594,9 @@ impl State {
             | Command::UnbindRole { .. }
             | Command::CreateToken { .. }
             | Command::RevokeToken { .. }
-            | Command::RevokeClusterCertificates { .. } => self.apply_access(command, ctx),
+            | Command::RevokeClusterCertificates { .. }
+            | Command::CreateJoinToken { .. }
+            | Command::EnrollCluster { .. } => self.apply_access(command, ctx),
             _ => self.apply_promotion(command, ctx, event_format),
         };
         debug_assert!(command.is_audited());

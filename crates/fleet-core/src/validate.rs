@@ -212,17 +212,7 @@ pub fn command_in(
             expires_at_ms,
         } => {
             crate::principal::operator_name("name", name)?;
-            if secret_sha256.len() != 64
-                || !secret_sha256
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            {
-                return Err(CoreError::invalid(
-                    "secret_sha256",
-                    "is not 64 lowercase hex digits",
-                    "the coordinator fills it in; send the request through `fleet-ctl token create`",
-                ));
-            }
+            sha256_hex(secret_sha256)?;
             crate::access::Role::parse("role", role)?;
             if *expires_at_ms == 0 {
                 return Err(CoreError::invalid(
@@ -235,6 +225,29 @@ pub fn command_in(
         }
         Command::RevokeToken { name } => crate::principal::operator_name("name", name),
         Command::RevokeClusterCertificates { cluster } => dns_label("cluster", cluster),
+        Command::CreateJoinToken {
+            cluster,
+            secret_sha256,
+            expires_at_ms,
+        } => {
+            dns_label("cluster", cluster)?;
+            sha256_hex(secret_sha256)?;
+            if *expires_at_ms == 0 {
+                return Err(CoreError::invalid(
+                    "expires_at_ms",
+                    "must be set",
+                    "give the join token a lifetime, e.g. --ttl 1h",
+                ));
+            }
+            Ok(())
+        }
+        Command::EnrollCluster {
+            cluster,
+            secret_sha256,
+        } => {
+            dns_label("cluster", cluster)?;
+            sha256_hex(secret_sha256)
+        }
     }
 }
 
@@ -667,6 +680,23 @@ pub fn status_report(report: &StatusReport) -> Result<(), CoreError> {
         }
         text("objects.name", &object.name, MAX_OBJECT_NAME_LEN)?;
         text("objects.message", &object.message, MAX_OBJECT_MESSAGE_LEN)?;
+    }
+    Ok(())
+}
+
+/// A SHA-256 digest as the state keeps it: 64 lowercase hex digits.
+fn sha256_hex(secret_sha256: &str) -> Result<(), CoreError> {
+    if secret_sha256.len() != 64
+        || !secret_sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(CoreError::invalid(
+            "secret_sha256",
+            "is not 64 lowercase hex digits",
+            "the coordinator fills it in from the token it was given; send the request through \
+             fleet-ctl or the agent",
+        ));
     }
     Ok(())
 }

@@ -388,3 +388,66 @@ fn an_operator_of_staging_does_not_set_a_pipeline_that_reaches_production() {
     );
     f.ok("ola", pipeline(&["staging", "production"]));
 }
+
+fn join_token(cluster: &str, expires_at_ms: u64) -> Command {
+    Command::CreateJoinToken {
+        cluster: cluster.into(),
+        secret_sha256: SECRET_SHA.into(),
+        expires_at_ms,
+    }
+}
+
+fn enroll(cluster: &str, secret_sha256: &str) -> Command {
+    Command::EnrollCluster {
+        cluster: cluster.into(),
+        secret_sha256: secret_sha256.into(),
+    }
+}
+
+#[test]
+fn a_join_token_enrolls_its_own_cluster_once_and_not_after_it_expires() {
+    let mut f = Fleet::new();
+    f.ok("root", bind("stg-ops", "operator", &["staging"], &[]));
+    // Making one is an operator's of the cluster's environment.
+    let message = f.denied("stg-ops", join_token("prod-1", f.now + 60_000));
+    assert!(message.contains("create_join_token"), "{message}");
+    f.ok("stg-ops", join_token("stg-1", f.now + 60_000));
+    let kept = f.state.join_token("stg-1").expect("kept");
+    assert_eq!(kept.secret_sha256, SECRET_SHA);
+    assert_eq!(kept.created_by, "stg-ops");
+
+    // Only the agent of that cluster, with the secret that hashes to the kept hash.
+    f.denied("agent:prod-1", enroll("stg-1", SECRET_SHA));
+    f.denied("stg-ops", enroll("stg-1", SECRET_SHA));
+    let wrong = f.denied("agent:stg-1", enroll("stg-1", &"0".repeat(64)));
+    assert!(wrong.contains("used, expired or replaced"), "{wrong}");
+    assert!(matches!(
+        f.ok("agent:stg-1", enroll("stg-1", SECRET_SHA)),
+        Outcome::ClusterEnrolled { .. }
+    ));
+    assert!(f.state.join_token("stg-1").is_none(), "used up");
+    f.denied("agent:stg-1", enroll("stg-1", SECRET_SHA));
+
+    // An expired one enrolls nobody.
+    f.ok("root", join_token("prod-1", f.now + 1_000));
+    f.now += 1_000;
+    f.denied("agent:prod-1", enroll("prod-1", SECRET_SHA));
+    assert!(
+        fleet_core::access::join_token_parts(&fleet_core::access::join_token_text("prod-1", A))
+            .is_none(),
+        "a secret is 64 hex digits"
+    );
+    let text = fleet_core::access::join_token_text("prod-1", &"ab".repeat(32));
+    assert_eq!(
+        fleet_core::access::join_token_parts(&text),
+        Some(("prod-1", "ab".repeat(32).as_str()))
+    );
+    // Removing the cluster drops its token.
+    f.ok(
+        "root",
+        Command::RemoveCluster {
+            name: "prod-1".into(),
+        },
+    );
+    assert!(f.state.join_token("prod-1").is_none());
+}

@@ -225,6 +225,15 @@ enum ClusterCmd {
     RevokeCert {
         name: String,
     },
+    /// Print a one-time join token for NAME's agent (`fleet-node agent --join-token`): the
+    /// agent makes its own key and a coordinator signs it. Shown only now; a new token
+    /// replaces NAME's unused one.
+    JoinToken {
+        name: String,
+        /// How long it is valid, at most 7 days.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
 }
 
 #[derive(Args)]
@@ -654,6 +663,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await?;
             written(json, "cluster removed", r.result)
+        }
+        Cmd::Cluster(ClusterCmd::JoinToken { name, ttl }) => {
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            let r = client
+                .fleet(|mut f, req: Req| {
+                    let request = req.wrap(CreateJoinTokenRequest {
+                        cluster: name.clone(),
+                        ttl_ms,
+                        reason: reason.clone(),
+                    });
+                    async move { f.create_join_token(request).await }
+                })
+                .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "cluster": name,
+                        "token": r.token,
+                        "expires_at_ms": r.expires_at_ms,
+                        "log_index": r.result.map_or(0, |w| w.log_index),
+                    }))?
+                );
+            } else {
+                println!("{}", r.token);
+                eprintln!(
+                    "join token for cluster {name}, valid once until {}; shown only now. Start \
+                     the agent with --join-token (or FLEET_JOIN_TOKEN) and --ca",
+                    format_time_ms(r.expires_at_ms)
+                );
+            }
+            Ok(())
         }
         Cmd::Cluster(ClusterCmd::RevokeCert { name }) => {
             let r = client

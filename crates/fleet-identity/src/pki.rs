@@ -63,6 +63,14 @@ impl Validity {
     }
 }
 
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Ca {
     /// A new CA for `trust_domain`, valid for [`CA_TTL`].
     pub fn generate(trust_domain: &TrustDomain) -> Result<Ca, IdentityError> {
@@ -89,8 +97,17 @@ impl Ca {
     /// URI SAN, or `trust_domain` when given (a CA of one's own without such a SAN); when both
     /// are there they must agree.
     pub fn load(dir: &Path, trust_domain: Option<&TrustDomain>) -> Result<Ca, IdentityError> {
-        let cert_path = dir.join("ca.pem");
-        let key_path = dir.join("ca-key.pem");
+        Ca::load_files(&dir.join("ca.pem"), &dir.join("ca-key.pem"), trust_domain)
+    }
+
+    /// [`Ca::load`] from the CA certificate's and its key's paths (a coordinator's `--tls-ca`
+    /// and `--ca-key`).
+    pub fn load_files(
+        cert_path: &Path,
+        key_path: &Path,
+        trust_domain: Option<&TrustDomain>,
+    ) -> Result<Ca, IdentityError> {
+        let (cert_path, key_path) = (cert_path.to_path_buf(), key_path.to_path_buf());
         let cert_pem = read(&cert_path)?;
         let key_pem = read(&key_path)?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| IdentityError::Pem {
@@ -159,6 +176,55 @@ impl Ca {
         validity: Validity,
     ) -> Result<Issued, IdentityError> {
         let key = KeyPair::generate().map_err(rcgen_error)?;
+        let params = self.params(principal, hosts, validity)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(rcgen_error)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Signs a certificate signing request (PKCS #10, RFC 2986, PEM) for `cluster`'s agent:
+    /// the request's signature must verify (it proves the key), and everything else in it
+    /// (subject, SANs, usages) is replaced by what [`Ca::issue`] gives a cluster. Returns the
+    /// certificate, PEM.
+    ///
+    /// # Errors
+    /// `Certificate` for a request that does not parse or verify.
+    pub fn sign_cluster_request(
+        &self,
+        csr_pem: &str,
+        cluster: &str,
+        validity: Validity,
+    ) -> Result<String, IdentityError> {
+        let mut request =
+            rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+                IdentityError::Certificate(format!("the certificate signing request: {e}"))
+            })?;
+        request.params = self.params(&Principal::Cluster(cluster.to_string()), &[], validity)?;
+        let cert = request.signed_by(&self.issuer).map_err(rcgen_error)?;
+        Ok(cert.pem())
+    }
+
+    /// Whether `csr_pem` is a certificate signing request whose signature verifies, before
+    /// anything is spent on it (a join token).
+    ///
+    /// # Errors
+    /// `Certificate` naming what is wrong with it.
+    pub fn check_request(csr_pem: &str) -> Result<(), IdentityError> {
+        rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map(|_| ())
+            .map_err(|e| {
+                IdentityError::Certificate(format!("the certificate signing request: {e}"))
+            })
+    }
+
+    fn params(
+        &self,
+        principal: &Principal,
+        hosts: &[String],
+        validity: Validity,
+    ) -> Result<CertificateParams, IdentityError> {
         let spiffe_id = principal.spiffe_id(&self.trust_domain);
         let mut params = CertificateParams::default();
         params.distinguished_name = name(&spiffe_id);
@@ -187,12 +253,18 @@ impl Ca {
             }
         }
         set_validity(&mut params, validity)?;
-        let cert = params.signed_by(&key, &self.issuer).map_err(rcgen_error)?;
-        Ok(Issued {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(params)
     }
+}
+
+/// A new ECDSA P-256 key pair for `cluster`'s agent and a certificate signing request signed
+/// with it: (the key, PEM; the request, PEM). The key never leaves the agent.
+pub fn cluster_request(cluster: &str) -> Result<(String, String), IdentityError> {
+    let key = KeyPair::generate().map_err(rcgen_error)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(cluster);
+    let request = params.serialize_request(&key).map_err(rcgen_error)?;
+    Ok((key.serialize_pem(), request.pem().map_err(rcgen_error)?))
 }
 
 impl Issued {
@@ -279,14 +351,29 @@ pub(crate) fn write_file(path: &Path, content: &str, secret: bool) -> Result<(),
 /// of its secret (what the fleet stores). The secret is 32 bytes from the crypto provider's
 /// secure random source.
 pub fn new_bearer_token(name: &str) -> Result<(String, String), IdentityError> {
+    let secret = new_secret()?;
+    Ok((
+        fleet_core::access::bearer_token_text(name, &secret),
+        fleet_core::access::secret_sha256(&secret),
+    ))
+}
+
+/// A new one-time join token for `cluster`'s agent: its text (`fleet-join:CLUSTER:SECRET`,
+/// shown once) and the SHA-256 of its secret (what the fleet keeps).
+pub fn new_join_token(cluster: &str) -> Result<(String, String), IdentityError> {
+    let secret = new_secret()?;
+    Ok((
+        fleet_core::access::join_token_text(cluster, &secret),
+        fleet_core::access::secret_sha256(&secret),
+    ))
+}
+
+/// 32 bytes from the crypto provider's secure random source, as 64 lowercase hex digits.
+fn new_secret() -> Result<String, IdentityError> {
     let mut secret = [0u8; 32];
     crate::tls::provider()
         .secure_random
         .fill(&mut secret)
         .map_err(|_| IdentityError::Tls("the secure random source failed".into()))?;
-    let secret = hex::encode(secret);
-    Ok((
-        fleet_core::access::bearer_token_text(name, &secret),
-        fleet_core::access::secret_sha256(&secret),
-    ))
+    Ok(hex::encode(secret))
 }

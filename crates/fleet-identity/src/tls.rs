@@ -146,6 +146,16 @@ impl Credentials {
     }
 }
 
+/// When `cert` is valid (its notBefore and notAfter); `None` when it does not parse.
+pub fn validity(cert: &CertificateDer<'_>) -> Option<crate::pki::Validity> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let v = parsed.validity();
+    Some(crate::pki::Validity {
+        not_before_s: v.not_before.timestamp(),
+        not_after_s: v.not_after.timestamp(),
+    })
+}
+
 /// Every certificate in `pem` (read from `path`, named in errors); at least one.
 pub fn certificates(path: &Path, pem: &str) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())

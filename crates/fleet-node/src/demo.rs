@@ -157,6 +157,8 @@ pub const ADMIN: &str = "kari";
 pub struct Pki {
     pub dir: PathBuf,
     pub coordinator: Credentials,
+    /// The CA with its key: the demo coordinator signs agents' join-token requests.
+    pub ca: std::sync::Arc<Ca>,
     clusters: BTreeMap<String, Credentials>,
 }
 
@@ -212,6 +214,7 @@ impl Pki {
         }
         Ok(Pki {
             coordinator: load("coordinator-1")?,
+            ca: std::sync::Arc::new(ca),
             clusters,
             dir,
         })
@@ -268,7 +271,7 @@ pub fn start_agents(pki: &Pki, endpoint: &str, roots: &Path, state: &Path) {
             target: TargetSpec::Files(roots.join(cluster)),
             state_dir: state.join(cluster),
             resync_interval: Duration::from_secs(10),
-            transport,
+            identity: fleet_agent::Identity::Given(transport),
         };
         spawn_named("demo-agent", async move {
             if let Err(error) = fleet_agent::run(config, std::future::pending()).await {

@@ -58,25 +58,28 @@ struct ClientTls {
     /// The fleet's CA certificate (PEM), to check the coordinators against.
     #[arg(long, env = "FLEET_CA", required_unless_present = "insecure_plaintext")]
     ca: Option<PathBuf>,
-    /// This cluster's certificate (PEM), issued by `fleet-ctl pki issue cluster NAME`.
+    /// This cluster's certificate (PEM), issued by `fleet-ctl pki issue cluster NAME`. Without
+    /// it the agent uses (and renews) its own in STATE/tls/, got with --join-token.
     #[arg(
         long,
         env = "FLEET_CERT",
-        required_unless_present = "insecure_plaintext"
+        requires = "key",
+        conflicts_with = "join_token"
     )]
     cert: Option<PathBuf>,
     /// Its private key (PEM).
-    #[arg(
-        long,
-        env = "FLEET_KEY",
-        required_unless_present = "insecure_plaintext"
-    )]
+    #[arg(long, env = "FLEET_KEY", requires = "cert")]
     key: Option<PathBuf>,
+    /// The cluster's one-time join token (`fleet-ctl cluster join-token NAME`): the agent makes
+    /// its key, has a coordinator sign it, and keeps the certificate in STATE/tls/. Needed once;
+    /// later starts use the kept certificate.
+    #[arg(long, env = "FLEET_JOIN_TOKEN")]
+    join_token: Option<String>,
     /// The SPIFFE trust domain (default: the CA's, else fleet.local).
     #[arg(long)]
     trust_domain: Option<String>,
     /// Talk plaintext to a loopback coordinator that runs with --insecure-plaintext.
-    #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
+    #[arg(long, conflicts_with_all = ["ca", "cert", "key", "join_token"])]
     insecure_plaintext: bool,
 }
 
@@ -130,6 +133,13 @@ struct CoordinatorArgs {
     /// are loopback addresses.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_ca"])]
     insecure_plaintext: bool,
+    /// The CA's private key (PEM; the CA certificate is --tls-ca): this node then signs agents'
+    /// certificate requests (`fleet-node agent --join-token`). Nodes without it refuse them.
+    #[arg(long, requires = "tls_ca")]
+    ca_key: Option<PathBuf>,
+    /// Lifetime of the agent certificates this node signs, e.g. 30d, 12h.
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    agent_certificate_ttl: std::time::Duration,
     /// With --bootstrap: the operator who becomes the first admin, as a SPIFFE ID
     /// (spiffe://TD/operator/NAME) or a name; for a CA of your own (a corporate PKI, SPIRE).
     /// Default: spiffe://TD/operator/admin, whose certificate `fleet-ctl pki init` writes.
@@ -268,7 +278,14 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     if args.resync_interval < std::time::Duration::from_millis(100) {
         anyhow::bail!("--resync-interval must be at least 100ms");
     }
-    let transport = match (&args.tls.ca, &args.tls.cert, &args.tls.key) {
+    let identity = match (&args.tls.ca, &args.tls.cert, &args.tls.key) {
+        (Some(ca), None, None) => {
+            fleet_agent::Identity::Enrolled(fleet_agent::enroll::Enrollment {
+                ca: ca.clone(),
+                trust_domain: trust_domain(args.tls.trust_domain.as_deref())?,
+                join_token: args.tls.join_token.clone(),
+            })
+        }
         (Some(ca), Some(cert), Some(key)) => {
             let own = credentials(ca, cert, key, args.tls.trust_domain.as_deref())?;
             if own.principal != fleet_core::Principal::Cluster(args.cluster.clone()) {
@@ -280,9 +297,9 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                     args.cluster
                 );
             }
-            fleet_identity::Transport::tls(&own.trust, Some(&own))?
+            fleet_agent::Identity::Given(fleet_identity::Transport::tls(&own.trust, Some(&own))?)
         }
-        _ => fleet_identity::Transport::Plaintext,
+        _ => fleet_agent::Identity::Given(fleet_identity::Transport::Plaintext),
     };
     let config = fleet_agent::AgentConfig {
         cluster: args.cluster,
@@ -290,7 +307,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         target: args.target,
         state_dir: args.state_dir,
         resync_interval: args.resync_interval,
-        transport,
+        identity,
     };
     fleet_agent::run(config, shutdown_signal()).await?;
     Ok(())
@@ -309,6 +326,18 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     if let (Some(ca), Some(cert), Some(key)) = (&args.tls_ca, &args.tls_cert, &args.tls_key) {
         config.tls = Some(credentials(ca, cert, key, args.trust_domain.as_deref())?);
     }
+    if let (Some(ca), Some(key)) = (&args.tls_ca, &args.ca_key) {
+        let ca = fleet_identity::pki::Ca::load_files(
+            ca,
+            key,
+            trust_domain(args.trust_domain.as_deref())?.as_ref(),
+        )?;
+        config.signing_ca = Some(std::sync::Arc::new(ca));
+    }
+    if args.agent_certificate_ttl < std::time::Duration::from_secs(3) {
+        anyhow::bail!("--agent-certificate-ttl must be at least 3s (agents renew at two thirds)");
+    }
+    config.agent_certificate_ttl = args.agent_certificate_ttl;
     if let Some(admin) = &args.bootstrap_admin {
         config.bootstrap_admin = operator_of(admin, config.tls.as_ref())?;
     }
@@ -369,6 +398,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let paths = DemoPaths::new(&args.data_dir, &args.roots);
     let pki = demo::Pki::make(&paths.pki, listen)?;
     config.tls = Some(pki.coordinator.clone());
+    config.signing_ca = Some(pki.ca.clone());
     config.bootstrap_admin = demo::ADMIN.into();
     let contexts = demo::write_contexts(&pki, listen)?;
     serve::run(config, shutdown_signal(), move |c| async move {

@@ -74,7 +74,7 @@ async fn probe_and_log_flush_latencies_are_reported_in_status_and_metrics() {
     ] {
         assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
     }
-    let heap = fleet_testkit::gauge_value(&text, "fleet_process_heap_allocated_bytes")
+    let heap = fleet_testkit::gauge_value(&text, "fleet_heap_allocated_bytes")
         .expect("/metrics has the heap gauge");
     assert!(
         (1_000_000.0..1e10).contains(&heap),

@@ -96,7 +96,7 @@ async fn an_agent_or_an_operator_over_its_watch_stream_bound_is_resource_exhaust
 /// stream would grow the node round after round.
 ///
 /// Two figures after each round, against the first round's:
-/// - the heap the node holds allocated (`fleet_process_heap_allocated_bytes`, glibc's
+/// - the heap the node holds allocated (`fleet_heap_allocated_bytes`, glibc's
 ///   `mallinfo2`) stays within 10%: measured 33.9 MB after round 1 and 34.6 MB after round 10,
 ///   so 75 bytes kept per stream over the 45,000 later streams would already fail;
 /// - resident memory stays within 50%. It also counts what glibc keeps free in its arenas for
@@ -107,7 +107,7 @@ async fn an_agent_or_an_operator_over_its_watch_stream_bound_is_resource_exhaust
 async fn opening_and_closing_thousands_of_watch_streams_does_not_grow_the_nodes_memory() {
     const STREAMS: usize = 5_000;
     const PER_CONNECTION: usize = 100;
-    const HEAP: &str = "fleet_process_heap_allocated_bytes";
+    const HEAP: &str = "fleet_heap_allocated_bytes";
     let metrics = format!("127.0.0.1:{}", fleet_testkit::free_port());
     let mut cluster = ProcessCluster::start(
         1,

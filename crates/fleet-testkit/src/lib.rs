@@ -80,6 +80,11 @@ impl TestPki {
         self.dir.join("ca.pem")
     }
 
+    /// The CA's private key, for coordinators that sign agents' requests (`--ca-key`).
+    pub fn ca_key_path(&self) -> PathBuf {
+        self.dir.join("ca-key.pem")
+    }
+
     /// Issues a certificate valid for a day to `principal` (a coordinator's for `hosts`),
     /// written as `name.pem` and `name-key.pem` in the test CA's directory.
     pub fn issue(&self, principal: &Principal, hosts: &[String], name: &str) -> TlsFiles {
@@ -727,6 +732,9 @@ pub struct AgentProcess {
     resync: String,
     child: Option<Child>,
     starts: u32,
+    /// Enrolls itself: `--ca` only, and this join token on the next start (then none).
+    enrolls: bool,
+    join_token: Option<String>,
 }
 
 impl AgentProcess {
@@ -741,9 +749,44 @@ impl AgentProcess {
             resync: resync.to_string(),
             child: None,
             starts: 0,
+            enrolls: false,
+            join_token: None,
         };
         agent.spawn();
         agent
+    }
+
+    /// Starts the agent of `cluster` with `--ca` and `--join-token TOKEN` only: it enrolls
+    /// itself and keeps its certificate in its state directory. Later starts
+    /// ([`AgentProcess::restart`]) pass no token.
+    pub fn start_enrolling(
+        dir: &Path,
+        cluster: &str,
+        endpoints: &str,
+        resync: &str,
+        join_token: &str,
+    ) -> Self {
+        let mut agent = AgentProcess {
+            cluster: cluster.to_string(),
+            root: dir.join(format!("{cluster}-root")),
+            state_dir: dir.join(format!("{cluster}-state")),
+            log_path: PathBuf::new(),
+            endpoints: endpoints.to_string(),
+            resync: resync.to_string(),
+            child: None,
+            starts: 0,
+            enrolls: true,
+            join_token: Some(join_token.to_string()),
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Whether the process is still running (it exits on a refused join token).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     fn spawn(&mut self) {
@@ -761,6 +804,14 @@ impl AgentProcess {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args(["--resync-interval", &self.resync]);
+        if self.enrolls {
+            command.arg("--ca").arg(pki().ca_path());
+            if let Some(token) = self.join_token.take() {
+                command.args(["--join-token", &token]);
+            }
+            self.child = Some(spawn_logged(&mut command, &self.log_path));
+            return;
+        }
         let files = pki().issue(
             &Principal::Cluster(self.cluster.clone()),
             &[],
@@ -792,6 +843,17 @@ impl AgentProcess {
             self.cluster
         );
         self.spawn();
+    }
+
+    /// Starts an enrolling agent again, with a new join token this time.
+    pub fn restart_with_join_token(&mut self, join_token: &str) {
+        assert!(
+            self.enrolls,
+            "agent {} was given its certificate",
+            self.cluster
+        );
+        self.join_token = Some(join_token.to_string());
+        self.restart();
     }
 
     /// The file `path` of `workload` under the agent's root, if it exists.

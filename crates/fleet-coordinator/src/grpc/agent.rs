@@ -17,17 +17,24 @@ use fleet_core::Principal;
 use fleet_core::limits::MAX_REPORTS_PER_CALL;
 use tokio_stream::wrappers::ReceiverStream;
 
-use fleet_api::limits::{MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
+use fleet_api::limits::{MAX_CSR_BYTES, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
 
 use super::Reply;
 
-pub fn agent_server(c: Arc<Coordinator>) -> AgentServiceServer<AgentApi> {
-    AgentServiceServer::new(AgentApi(c))
+pub fn agent_server(c: Arc<Coordinator>, signer: Option<Signer>) -> AgentServiceServer<AgentApi> {
+    AgentServiceServer::new(AgentApi(c, signer.map(Arc::new)))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES)
 }
 
-pub struct AgentApi(Arc<Coordinator>);
+/// What signs agents' certificate requests: the fleet's CA with its key, and the lifetime of
+/// the certificates.
+pub struct Signer {
+    pub ca: Arc<fleet_identity::pki::Ca>,
+    pub ttl: std::time::Duration,
+}
+
+pub struct AgentApi(Arc<Coordinator>, Option<Arc<Signer>>);
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
@@ -143,6 +150,98 @@ impl AgentService for AgentApi {
             self.0.heartbeats.record(&r.cluster, &workload, now);
         }
         Ok(Response::new(ReportStatusResponse { committed }))
+    }
+
+    async fn request_certificate(
+        &self,
+        request: Request<RequestCertificateRequest>,
+    ) -> Reply<RequestCertificateResponse> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let Some(signer) = &self.1 else {
+            return Err(NodeError::FailedPrecondition {
+                message: format!(
+                    "RequestCertificate: coordinator {} signs no certificates (it was started \
+                     without --ca-key); nothing changed",
+                    self.0.id
+                ),
+                hint: "send the request to a coordinator that holds the CA key (the agent tries \
+                       every endpoint it was given)"
+                    .into(),
+            }
+            .into());
+        };
+        if r.csr_pem.len() > MAX_CSR_BYTES {
+            return Err(NodeError::InvalidArgument {
+                field: "csr_pem",
+                message: format!(
+                    "{} bytes is over the limit of {MAX_CSR_BYTES}",
+                    r.csr_pem.len()
+                ),
+                hint: "send one PEM certificate signing request for one P-256 or Ed25519 key"
+                    .into(),
+            }
+            .into());
+        }
+        // Checked before a join token is spent on it.
+        fleet_identity::pki::Ca::check_request(&r.csr_pem).map_err(|e| {
+            NodeError::InvalidArgument {
+                field: "csr_pem",
+                message: e.to_string(),
+                hint: "make the request with the key the certificate is for (`fleet-node agent \
+                       --join-token` does)"
+                    .into(),
+            }
+        })?;
+        let cluster = match caller {
+            Caller::JoinToken {
+                cluster,
+                secret_sha256,
+            } => {
+                // Committed before signing: of two nodes given the same token at once, the
+                // second's command is refused at apply, and it signs nothing.
+                let command = Command::EnrollCluster {
+                    cluster: cluster.clone(),
+                    secret_sha256,
+                };
+                self.0
+                    .write(command, agent_actor(&cluster), String::new())
+                    .await?;
+                tracing::info!(%cluster, "enrolled an agent with its join token");
+                cluster
+            }
+            Caller::Authenticated(Principal::Cluster(cluster)) => {
+                tracing::info!(%cluster, "renewing an agent's certificate");
+                cluster
+            }
+            other => {
+                return Err(NodeError::PermissionDenied {
+                    message: format!(
+                        "RequestCertificate: only an agent, with its cluster's join token or its \
+                         current certificate, asks for a certificate, and {} is neither",
+                        other.actor()
+                    ),
+                    hint: "make a join token with `fleet-ctl cluster join-token CLUSTER` and \
+                           start the agent with --join-token"
+                        .into(),
+                }
+                .into());
+            }
+        };
+        let validity = fleet_identity::pki::Validity::from_now(signer.ttl);
+        let certificate_pem = signer
+            .ca
+            .sign_cluster_request(&r.csr_pem, &cluster, validity)
+            .map_err(|e| NodeError::FailedPrecondition {
+                message: format!("RequestCertificate: signing for cluster {cluster}: {e}"),
+                hint: "see the coordinator's log".into(),
+            })?;
+        Ok(Response::new(RequestCertificateResponse {
+            certificate_pem,
+            ca_pem: signer.ca.cert_pem().to_string(),
+            not_before_unix_s: validity.not_before_s,
+            not_after_unix_s: validity.not_after_s,
+        }))
     }
 }
 

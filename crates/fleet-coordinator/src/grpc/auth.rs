@@ -24,6 +24,12 @@ pub enum Caller {
     Authenticated(Principal),
     /// A client that presented bearer token NAME, valid when it called.
     Token(String),
+    /// A client that presented cluster CLUSTER's join token, valid when it called: it may only
+    /// ask for the cluster's first certificate (`RequestCertificate`), which uses the token up.
+    JoinToken {
+        cluster: String,
+        secret_sha256: String,
+    },
     /// Any client of a node that runs with `--insecure-plaintext` (loopback only): nobody is
     /// authenticated there.
     Plaintext,
@@ -36,6 +42,8 @@ impl Caller {
         match self {
             Caller::Authenticated(principal) => principal.actor(),
             Caller::Token(name) => format!("{}{name}", fleet_core::access::TOKEN_ACTOR_PREFIX),
+            // Holds a `:`, so no operator has this name and no role is ever bound to it.
+            Caller::JoinToken { cluster, .. } => format!("join-token:{cluster}"),
             Caller::Plaintext => fleet_core::access::UNAUTHENTICATED_ACTOR.into(),
         }
     }
@@ -56,7 +64,8 @@ pub fn revoked_certificate(cluster: &str, revoked_at_ms: u64) -> Status {
             "the certificates of cluster {cluster}'s agent issued until {revoked_at_ms} ms (Unix \
              time) are revoked, and this is one"
         ),
-        "issue the agent a new certificate (`fleet-ctl pki issue cluster NAME`) and restart it",
+        "give the agent a new certificate (`fleet-ctl pki issue cluster NAME`, or a join token: \
+         `fleet-ctl cluster join-token NAME`) and restart it",
     )
 }
 
@@ -85,13 +94,32 @@ impl Authenticate {
                 "pass the token as `fleet-ctl --token` or FLEET_TOKEN",
             ));
         };
+        let now = now_ms();
+        if let Some((cluster, secret)) = fleet_core::access::join_token_parts(text.trim()) {
+            let valid = self
+                .coordinator
+                .read_state(|s| fleet_core::access::join_token_matches(s, cluster, secret, now));
+            return Some(if valid {
+                Ok(Caller::JoinToken {
+                    cluster: cluster.to_string(),
+                    secret_sha256: fleet_core::access::secret_sha256(secret),
+                })
+            } else {
+                tracing::debug!(remote = ?request.remote_addr(), cluster, "refused a join token");
+                refuse(
+                    format!("the join token of cluster {cluster} is unknown, used or expired"),
+                    &format!(
+                        "ask an operator for a new one (`fleet-ctl cluster join-token {cluster}`)"
+                    ),
+                )
+            });
+        }
         let Some((name, secret)) = fleet_core::access::bearer_token_parts(text.trim()) else {
             return Some(refuse(
                 "the bearer token is not a fleet token (fleet:NAME:SECRET)".into(),
                 "use the text `fleet-ctl token create` printed, whole",
             ));
         };
-        let now = now_ms();
         let valid = self.coordinator.read_state(|s| {
             s.token(name)
                 .is_some_and(|t| fleet_core::access::token_matches(t, secret, now))

@@ -18,7 +18,7 @@ use fleet_api::proto::fleet_service_server::{FleetService, FleetServiceServer};
 use fleet_api::proto::*;
 
 use fleet_api::limits::{MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
-use fleet_core::limits::MAX_TOKEN_TTL_MS;
+use fleet_core::limits::{MAX_JOIN_TOKEN_TTL_MS, MAX_TOKEN_TTL_MS};
 
 use super::Reply;
 
@@ -552,6 +552,42 @@ impl FleetService for FleetApi {
             .await?;
         Ok(Response::new(RevokeTokenResponse {
             result: write_result(index),
+        }))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<CreateJoinTokenRequest>,
+    ) -> Reply<CreateJoinTokenResponse> {
+        let actor = actor(&request)?;
+        let r = request.into_inner();
+        if r.ttl_ms == 0 || r.ttl_ms > MAX_JOIN_TOKEN_TTL_MS {
+            return Err(NodeError::InvalidArgument {
+                field: "ttl_ms",
+                message: format!("{} ms is not 1 to {MAX_JOIN_TOKEN_TTL_MS} ms", r.ttl_ms),
+                hint: "give a lifetime of at most 7 days, e.g. --ttl 1h".into(),
+            }
+            .into());
+        }
+        fleet_core::validate::dns_label("cluster", &r.cluster).map_err(NodeError::from)?;
+        let (token, secret_sha256) =
+            fleet_identity::pki::new_join_token(&r.cluster).map_err(|e| {
+                NodeError::FailedPrecondition {
+                    message: e.to_string(),
+                    hint: "see the node's log".into(),
+                }
+            })?;
+        let expires_at_ms = now_ms().saturating_add(r.ttl_ms);
+        let command = Command::CreateJoinToken {
+            cluster: r.cluster,
+            secret_sha256,
+            expires_at_ms,
+        };
+        let (index, _) = self.write(command, actor, r.reason).await?;
+        Ok(Response::new(CreateJoinTokenResponse {
+            result: write_result(index),
+            token,
+            expires_at_ms,
         }))
     }
 
