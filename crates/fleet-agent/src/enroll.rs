@@ -34,6 +34,10 @@ pub const KEY_FILE: &str = "agent-key.pem";
 /// (left in a unit file) is not used twice.
 pub const USED_TOKEN_FILE: &str = "join-token.sha256";
 
+/// How many refusals of a join token the agent asks again after (1 s apart) before it gives
+/// up: a coordinator that has not yet applied the token's creation refuses it.
+const JOIN_TOKEN_REFUSALS: u32 = 2;
+
 /// How an agent that enrolls itself finds its coordinators' CA and its first credential.
 #[derive(Debug, Clone)]
 pub struct Enrollment {
@@ -251,6 +255,7 @@ pub(crate) async fn establish(
                     .and_then(|trust| Transport::tls(&trust, None))
                     .map_err(|e| AgentError::Identity(e.to_string()))?;
             let mut backoff = Backoff::new();
+            let mut refusals = 0;
             loop {
                 match request(
                     cluster,
@@ -279,6 +284,14 @@ pub(crate) async fn establish(
                             tracing::warn!(%error, "cannot note the used join token");
                         }
                         return Ok(current);
+                    }
+                    // A node judges the token by the state it has applied, which may trail the
+                    // leader's by a moment right after the token was made: ask again before
+                    // giving up.
+                    Err(failed) if failed.permanent && refusals < JOIN_TOKEN_REFUSALS => {
+                        refusals += 1;
+                        tracing::warn!(error = %failed.message, "the join token was refused; asking again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                     Err(failed) if failed.permanent => {
                         return Err(AgentError::Identity(format!(
