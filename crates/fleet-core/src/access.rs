@@ -783,12 +783,7 @@ pub fn bearer_token_text(name: &str, secret_hex: &str) -> String {
 /// The name and secret of a bearer token's text; `None` when it is not of that shape.
 pub fn bearer_token_parts(text: &str) -> Option<(&str, &str)> {
     let (name, secret) = text.strip_prefix(BEARER_TOKEN_PREFIX)?.split_once(':')?;
-    let hex = |s: &str| {
-        s.len() == 64
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    (crate::principal::operator_name("token", name).is_ok() && hex(secret))
+    (crate::principal::operator_name("token", name).is_ok() && crate::validate::is_hex_256(secret))
         .then_some((name, secret))
 }
 
@@ -825,11 +820,8 @@ pub fn join_token_text(cluster: &str, secret_hex: &str) -> String {
 /// The cluster and secret of a join token's text; `None` when it is not of that shape.
 pub fn join_token_parts(text: &str) -> Option<(&str, &str)> {
     let (cluster, secret) = text.strip_prefix(JOIN_TOKEN_PREFIX)?.split_once(':')?;
-    let hex = secret.len() == 64
-        && secret
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    (crate::validate::dns_label("cluster", cluster).is_ok() && hex).then_some((cluster, secret))
+    (crate::validate::dns_label("cluster", cluster).is_ok() && crate::validate::is_hex_256(secret))
+        .then_some((cluster, secret))
 }
 
 /// Whether `secret_hex` is `cluster`'s join token in `state` at `now_ms`: it hashes to the

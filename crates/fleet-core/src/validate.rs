@@ -684,13 +684,18 @@ pub fn status_report(report: &StatusReport) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// A SHA-256 digest as the state keeps it: 64 lowercase hex digits.
-fn sha256_hex(secret_sha256: &str) -> Result<(), CoreError> {
-    if secret_sha256.len() != 64
-        || !secret_sha256
+/// Whether `text` is 256 bits in 64 lowercase hex digits: a token's secret, or a SHA-256
+/// digest as the state keeps it.
+pub(crate) fn is_hex_256(text: &str) -> bool {
+    text.len() == 64
+        && text
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+}
+
+/// A SHA-256 digest as the state keeps it: 64 lowercase hex digits.
+fn sha256_hex(secret_sha256: &str) -> Result<(), CoreError> {
+    if !is_hex_256(secret_sha256) {
         return Err(CoreError::invalid(
             "secret_sha256",
             "is not 64 lowercase hex digits",

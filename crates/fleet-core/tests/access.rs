@@ -451,3 +451,35 @@ fn a_join_token_enrolls_its_own_cluster_once_and_not_after_it_expires() {
     );
     assert!(f.state.join_token("prod-1").is_none());
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..proptest::prelude::ProptestConfig::default() })]
+
+    /// Any text is either no token at all or exactly the parts it was made from: a token's
+    /// text never parses as the other kind, and a name, cluster or secret of another shape is
+    /// refused (the interceptor answers UNAUTHENTICATED), whatever bytes arrive.
+    #[test]
+    fn token_texts_parse_back_to_their_parts_and_nothing_else_parses(
+        name in "[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?",
+        secret in "[0-9a-f]{64}",
+        noise in "\\PC{0,120}",
+    ) {
+        use fleet_core::access::*;
+        let bearer = bearer_token_text(&name, &secret);
+        let join = join_token_text(&name, &secret);
+        proptest::prop_assert_eq!(bearer_token_parts(&bearer), Some((name.as_str(), secret.as_str())));
+        proptest::prop_assert_eq!(join_token_parts(&join), Some((name.as_str(), secret.as_str())));
+        proptest::prop_assert_eq!(join_token_parts(&bearer), None);
+        proptest::prop_assert_eq!(bearer_token_parts(&join), None);
+        for text in [noise.clone(), format!("{BEARER_TOKEN_PREFIX}{noise}"), format!("{JOIN_TOKEN_PREFIX}{noise}")] {
+            if let Some((n, s)) = bearer_token_parts(&text) {
+                proptest::prop_assert_eq!(bearer_token_text(n, s), text.clone());
+                proptest::prop_assert_eq!(s.len(), 64);
+            }
+            if let Some((c, s)) = join_token_parts(&text) {
+                proptest::prop_assert_eq!(join_token_text(c, s), text.clone());
+                proptest::prop_assert!(fleet_core::validate::dns_label("cluster", c).is_ok());
+            }
+        }
+    }
+}
