@@ -202,26 +202,22 @@ pub async fn token(
                     async move { f.create_token(request).await }
                 })
                 .await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({
-                        "name": name,
-                        "token": r.token,
-                        "expires_at_ms": r.expires_at_ms,
-                        "log_index": r.result.map_or(0, |w| w.log_index),
-                    }))?
-                );
-            } else {
-                println!("{}", r.token);
-                eprintln!(
+            crate::output::print_secret(
+                json,
+                json!({
+                    "name": name,
+                    "token": r.token,
+                    "expires_at_ms": r.expires_at_ms,
+                    "log_index": r.result.map_or(0, |w| w.log_index),
+                }),
+                &r.token,
+                &format!(
                     "token {name}: {role} ({}) until {}; shown only now, keep it in your CI's \
                      secret store",
                     scope_text(&environments, &workloads),
                     format_time_ms(r.expires_at_ms)
-                );
-            }
-            Ok(())
+                ),
+            )
         }
         TokenCmd::List => {
             let r = client

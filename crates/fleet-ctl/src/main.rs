@@ -676,25 +676,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     async move { f.create_join_token(request).await }
                 })
                 .await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({
-                        "cluster": name,
-                        "token": r.token,
-                        "expires_at_ms": r.expires_at_ms,
-                        "log_index": r.result.map_or(0, |w| w.log_index),
-                    }))?
-                );
-            } else {
-                println!("{}", r.token);
-                eprintln!(
+            crate::output::print_secret(
+                json,
+                json!({
+                    "cluster": name,
+                    "token": r.token,
+                    "expires_at_ms": r.expires_at_ms,
+                    "log_index": r.result.map_or(0, |w| w.log_index),
+                }),
+                &r.token,
+                &format!(
                     "join token for cluster {name}, valid once until {}; shown only now. Start \
                      the agent with --join-token (or FLEET_JOIN_TOKEN) and --ca",
                     format_time_ms(r.expires_at_ms)
-                );
-            }
-            Ok(())
+                ),
+            )
         }
         Cmd::Cluster(ClusterCmd::RevokeCert { name }) => {
             let r = client

@@ -46,6 +46,23 @@ pub fn format_time_ms(ms: u64) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
+/// Prints a secret shown only once: with `-o json` the object `fields` (the secret among
+/// them), else the secret alone on stdout (for `$(...)`) and `note` on stderr.
+pub fn print_secret(
+    json: bool,
+    fields: serde_json::Value,
+    secret: &str,
+    note: &str,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&fields)?);
+    } else {
+        println!("{secret}");
+        eprintln!("{note}");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::format_time_ms;

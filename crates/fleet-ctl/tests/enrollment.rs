@@ -36,6 +36,47 @@ fn join_token(ep: &str, cluster: &str) -> String {
     made["token"].as_str().expect("a token").to_string()
 }
 
+/// Site oslo, cluster stg-a in staging, and workload web from a new repository at `repo`
+/// whose staging overlay holds `app.conf` = "v1": that commit.
+fn staging_fleet(ep: &str, repo: &Path) -> String {
+    std::fs::create_dir_all(repo.join("overlays/staging")).unwrap();
+    git(repo, &["init", "-q", "-b", "main"]);
+    let v1 = commit_app_conf(repo, "v1");
+    ok_json(ep, &["site", "add", "oslo"]);
+    ok_json(
+        ep,
+        &[
+            "cluster", "register", "stg-a", "--site", "oslo", "--env", "staging",
+        ],
+    );
+    let url = format!("file://{}", repo.display());
+    ok_json(
+        ep,
+        &[
+            "workload",
+            "create",
+            "web",
+            "--repo",
+            &url,
+            "--path",
+            "overlays/{environment}",
+        ],
+    );
+    v1
+}
+
+/// Commits `app.conf` = "VERSION\n" in the staging overlay: the commit.
+fn commit_app_conf(repo: &Path, version: &str) -> String {
+    std::fs::write(
+        repo.join("overlays/staging/app.conf"),
+        format!("{version}\n"),
+    )
+    .unwrap();
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", version]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
 /// The agent's kept certificate: who it names and when it expires.
 fn kept_certificate(state_dir: &Path) -> (Principal, i64) {
     let files = TlsFiles {
@@ -54,32 +95,7 @@ async fn an_agent_enrolls_with_a_join_token_restarts_without_it_and_renews_its_c
     let ep = coordinators.endpoints();
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    std::fs::create_dir_all(repo.join("overlays/staging")).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    std::fs::write(repo.join("overlays/staging/app.conf"), "v1\n").unwrap();
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "v1"]);
-    let v1 = git(&repo, &["rev-parse", "HEAD"]);
-    ok_json(&ep, &["site", "add", "oslo"]);
-    ok_json(
-        &ep,
-        &[
-            "cluster", "register", "stg-a", "--site", "oslo", "--env", "staging",
-        ],
-    );
-    let url = format!("file://{}", repo.display());
-    ok_json(
-        &ep,
-        &[
-            "workload",
-            "create",
-            "web",
-            "--repo",
-            &url,
-            "--path",
-            "overlays/{environment}",
-        ],
-    );
+    let v1 = staging_fleet(&ep, &repo);
 
     let token = join_token(&ep, "stg-a");
     assert!(token.starts_with("fleet-join:stg-a:"), "{token}");
@@ -130,9 +146,7 @@ async fn an_agent_enrolls_with_a_join_token_restarts_without_it_and_renews_its_c
     assert!(renewed_not_after > first_not_after, "a new certificate");
     let left = Duration::from_secs(10).saturating_sub(enrolled_at.elapsed());
     tokio::time::sleep(left).await;
-    std::fs::write(repo.join("overlays/staging/app.conf"), "v2\n").unwrap();
-    git(&repo, &["commit", "-q", "-am", "v2"]);
-    let v2 = git(&repo, &["rev-parse", "HEAD"]);
+    let v2 = commit_app_conf(&repo, "v2");
     ok_json(&ep, &["release", "publish", "web", &v2]);
     wait_until(
         Duration::from_secs(10),
@@ -178,9 +192,7 @@ async fn an_agent_enrolls_with_a_join_token_restarts_without_it_and_renews_its_c
         },
     )
     .await;
-    std::fs::write(repo.join("overlays/staging/app.conf"), "v3\n").unwrap();
-    git(&repo, &["commit", "-q", "-am", "v3"]);
-    let v3 = git(&repo, &["rev-parse", "HEAD"]);
+    let v3 = commit_app_conf(&repo, "v3");
     ok_json(&ep, &["release", "publish", "web", &v3]);
     wait_until(
         Duration::from_secs(10),
@@ -301,32 +313,7 @@ async fn an_agent_whose_certificate_expired_while_cut_off_keeps_enforcing_and_re
     let ep = coordinators.endpoints();
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    std::fs::create_dir_all(repo.join("overlays/staging")).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    std::fs::write(repo.join("overlays/staging/app.conf"), "v1\n").unwrap();
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "v1"]);
-    let v1 = git(&repo, &["rev-parse", "HEAD"]);
-    ok_json(&ep, &["site", "add", "oslo"]);
-    ok_json(
-        &ep,
-        &[
-            "cluster", "register", "stg-a", "--site", "oslo", "--env", "staging",
-        ],
-    );
-    let url = format!("file://{}", repo.display());
-    ok_json(
-        &ep,
-        &[
-            "workload",
-            "create",
-            "web",
-            "--repo",
-            &url,
-            "--path",
-            "overlays/{environment}",
-        ],
-    );
+    let v1 = staging_fleet(&ep, &repo);
     ok_json(&ep, &["release", "publish", "web", &v1]);
     let token = join_token(&ep, "stg-a");
     let mut agent = AgentProcess::start_enrolling(dir.path(), "stg-a", &ep, "500ms", &token);
