@@ -740,6 +740,17 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts the agent of `cluster` with its root and state under `dir`.
     pub fn start(dir: &Path, cluster: &str, endpoints: &str, resync: &str) -> Self {
+        Self::spawned(dir, cluster, endpoints, resync, false, None)
+    }
+
+    fn spawned(
+        dir: &Path,
+        cluster: &str,
+        endpoints: &str,
+        resync: &str,
+        enrolls: bool,
+        join_token: Option<String>,
+    ) -> Self {
         let mut agent = AgentProcess {
             cluster: cluster.to_string(),
             root: dir.join(format!("{cluster}-root")),
@@ -749,8 +760,8 @@ impl AgentProcess {
             resync: resync.to_string(),
             child: None,
             starts: 0,
-            enrolls: false,
-            join_token: None,
+            enrolls,
+            join_token,
         };
         agent.spawn();
         agent
@@ -766,20 +777,14 @@ impl AgentProcess {
         resync: &str,
         join_token: &str,
     ) -> Self {
-        let mut agent = AgentProcess {
-            cluster: cluster.to_string(),
-            root: dir.join(format!("{cluster}-root")),
-            state_dir: dir.join(format!("{cluster}-state")),
-            log_path: PathBuf::new(),
-            endpoints: endpoints.to_string(),
-            resync: resync.to_string(),
-            child: None,
-            starts: 0,
-            enrolls: true,
-            join_token: Some(join_token.to_string()),
-        };
-        agent.spawn();
-        agent
+        Self::spawned(
+            dir,
+            cluster,
+            endpoints,
+            resync,
+            true,
+            Some(join_token.to_string()),
+        )
     }
 
     /// Whether the process is still running (it exits on a refused join token).

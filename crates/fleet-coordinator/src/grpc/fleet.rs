@@ -496,23 +496,14 @@ impl FleetService for FleetApi {
     ) -> Reply<CreateTokenResponse> {
         let actor = actor(&request)?;
         let r = request.into_inner();
-        if r.ttl_ms == 0 || r.ttl_ms > MAX_TOKEN_TTL_MS {
-            return Err(NodeError::InvalidArgument {
-                field: "ttl_ms",
-                message: format!("{} ms is not 1 to {MAX_TOKEN_TTL_MS} ms", r.ttl_ms),
-                hint: "give a lifetime of at most 366 days, e.g. --ttl 90d".into(),
-            }
-            .into());
-        }
+        let expires_at_ms = expiry(
+            r.ttl_ms,
+            MAX_TOKEN_TTL_MS,
+            "give a lifetime of at most 366 days, e.g. --ttl 90d",
+        )?;
         fleet_core::principal::operator_name("name", &r.name).map_err(NodeError::from)?;
         let (token, secret_sha256) =
-            fleet_identity::pki::new_bearer_token(&r.name).map_err(|e| {
-                NodeError::FailedPrecondition {
-                    message: e.to_string(),
-                    hint: "see the node's log".into(),
-                }
-            })?;
-        let expires_at_ms = now_ms().saturating_add(r.ttl_ms);
+            fleet_identity::pki::new_bearer_token(&r.name).map_err(no_secret)?;
         let command = Command::CreateToken {
             name: r.name,
             secret_sha256,
@@ -561,23 +552,14 @@ impl FleetService for FleetApi {
     ) -> Reply<CreateJoinTokenResponse> {
         let actor = actor(&request)?;
         let r = request.into_inner();
-        if r.ttl_ms == 0 || r.ttl_ms > MAX_JOIN_TOKEN_TTL_MS {
-            return Err(NodeError::InvalidArgument {
-                field: "ttl_ms",
-                message: format!("{} ms is not 1 to {MAX_JOIN_TOKEN_TTL_MS} ms", r.ttl_ms),
-                hint: "give a lifetime of at most 7 days, e.g. --ttl 1h".into(),
-            }
-            .into());
-        }
+        let expires_at_ms = expiry(
+            r.ttl_ms,
+            MAX_JOIN_TOKEN_TTL_MS,
+            "give a lifetime of at most 7 days, e.g. --ttl 1h",
+        )?;
         fleet_core::validate::dns_label("cluster", &r.cluster).map_err(NodeError::from)?;
         let (token, secret_sha256) =
-            fleet_identity::pki::new_join_token(&r.cluster).map_err(|e| {
-                NodeError::FailedPrecondition {
-                    message: e.to_string(),
-                    hint: "see the node's log".into(),
-                }
-            })?;
-        let expires_at_ms = now_ms().saturating_add(r.ttl_ms);
+            fleet_identity::pki::new_join_token(&r.cluster).map_err(no_secret)?;
         let command = Command::CreateJoinToken {
             cluster: r.cluster,
             secret_sha256,
@@ -602,5 +584,27 @@ impl FleetService for FleetApi {
         Ok(Response::new(RevokeClusterCertificatesResponse {
             result: write_result(index),
         }))
+    }
+}
+
+/// When a token with a lifetime of `ttl_ms` (1 to `max_ms`) made now expires, in milliseconds
+/// since the Unix epoch; INVALID_ARGUMENT naming `ttl_ms` with `hint` otherwise.
+fn expiry(ttl_ms: u64, max_ms: u64, hint: &str) -> Result<u64, Status> {
+    if ttl_ms == 0 || ttl_ms > max_ms {
+        return Err(NodeError::InvalidArgument {
+            field: "ttl_ms",
+            message: format!("{ttl_ms} ms is not 1 to {max_ms} ms"),
+            hint: hint.into(),
+        }
+        .into());
+    }
+    Ok(now_ms().saturating_add(ttl_ms))
+}
+
+/// The refusal when the secure random source fails to make a token's secret.
+fn no_secret(error: fleet_identity::IdentityError) -> NodeError {
+    NodeError::FailedPrecondition {
+        message: error.to_string(),
+        hint: "see the node's log".into(),
     }
 }
